@@ -1,0 +1,3 @@
+"""`tritonkit build` commands (click only; the work is in the library)."""
+
+COMMANDS: list = []
