@@ -1,0 +1,205 @@
+"""Run Triton locally (no Docker): the server from the runtime install plus tritonkit's vllm backend."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import deque
+from pathlib import Path
+from typing import Callable
+
+from tritonkit.errors import ServerError
+from tritonkit.paths import home
+from tritonkit.runtime.health import wait_ready as wait_http_ready
+from tritonkit.runtime.install import TritonInstall, ensure_triton, python_libdir
+from tritonkit.runtime.spec import ServerSpec, check_ports_free
+
+BACKEND_SOURCE = Path(__file__).resolve().parent.parent / "backend" / "vllm"
+
+
+def server_dir(name: str) -> Path:
+    return home() / "servers" / name
+
+
+def install_vllm_backend(install: TritonInstall) -> Path:
+    """Copy tritonkit's Python-based `vllm` backend next to the Python backend."""
+    target = install.backends_dir / "vllm"
+    target.mkdir(parents=True, exist_ok=True)
+    src = BACKEND_SOURCE / "model.py"
+    tmp = target / ".model.py.tmp"
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, target / "model.py")  # atomic: another server may be loading it
+    return target
+
+
+def server_command(spec: ServerSpec, install: TritonInstall) -> list[str]:
+    return [
+        str(install.server_bin),
+        f"--model-repository={spec.repository}",
+        f"--backend-directory={install.backends_dir}",
+        f"--http-address={spec.host}", f"--http-port={spec.http_port}",
+        f"--grpc-address={spec.host}", f"--grpc-port={spec.grpc_port}",
+        f"--metrics-address={spec.host}", f"--metrics-port={spec.metrics_port}",
+        "--allow-cpu-metrics=false", "--allow-gpu-metrics=false",
+        "--metrics-config=histogram_latencies=true",
+        f"--exit-timeout-secs={spec.exit_timeout_s}",
+        f"--backend-config=python,shm-region-prefix-name={spec.shm_prefix}",
+        f"--log-verbose={spec.log_verbose}",
+    ]
+
+
+def server_env(spec: ServerSpec, install: TritonInstall) -> dict[str, str]:
+    env = dict(os.environ)
+    # The stub links libpython3.X.so: the running interpreter's LIBDIR must come first, or the
+    # system's libpython is picked and extension modules fail with undefined symbols.
+    libs = [python_libdir(), str(install.lib_dir), env.get("LD_LIBRARY_PATH", "")]
+    env["LD_LIBRARY_PATH"] = ":".join(p for p in libs if p)
+    # torch (imported by vLLM) reads files without an explicit encoding.
+    env["LC_ALL"] = env["LANG"] = "C.UTF-8"
+    env.pop("PYTHONPATH", None)
+    env["TRITONKIT_ENGINE_PYTHON"] = sys.executable
+    env.update(spec.env)
+    return env
+
+
+class LocalServer:
+    """One tritonserver process (and its process group: stubs and vLLM engines)."""
+
+    def __init__(self, spec: ServerSpec, install: TritonInstall | None = None, say: Callable[[str], None] = lambda m: None):
+        self.spec = spec
+        self.install = install
+        self.say = say
+        self.proc: subprocess.Popen | None = None
+        self.pid: int | None = None
+        self.log_path = server_dir(spec.name) / "server.log"
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if not self.spec.repository.is_dir():
+            raise ServerError(f"model repository {self.spec.repository} does not exist",
+                              "run `tritonkit build` first, or pass --repository")
+        check_ports_free(self.spec)
+        self.install = self.install or ensure_triton(self.say)
+        install_vllm_backend(self.install)
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "wb")
+        # The stub embeds Python in isolated mode (PYTHONPATH is ignored) with the working
+        # directory first on sys.path: running the server in stub-site gives the stub numpy<2.
+        self.proc = subprocess.Popen(
+            server_command(self.spec, self.install), env=server_env(self.spec, self.install),
+            cwd=self.install.stub_site, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True,  # its own process group, so stop() reaches every child
+        )
+        log.close()
+        self.pid = self.proc.pid
+
+    def is_alive(self) -> bool:
+        if self.proc is not None:
+            return self.proc.poll() is None
+        return self.pid is not None and pid_alive(self.pid)
+
+    def wait_ready(self, models: list[str], timeout_s: float = 600,
+                   on_progress: Callable[[str, float], None] | None = None) -> float:
+        try:
+            return wait_http_ready(self.spec.http_url, models, timeout_s, self.is_alive, self.log_tail, on_progress)
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self, timeout_s: float | None = None) -> None:
+        """SIGTERM the whole process group, then SIGKILL what is left."""
+        if self.pid is None:
+            return
+        timeout_s = self.spec.exit_timeout_s + 15 if timeout_s is None else timeout_s
+        stop_group(self.pid, timeout_s, self.proc)
+
+    def log_tail(self, lines: int = 25) -> str:
+        return log_tail(self.log_path, lines)
+
+    def __enter__(self) -> "LocalServer":
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie is not alive for our purposes.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except OSError:
+        return True
+
+
+def group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return any(_pgid_of(p) == pgid and _state_of(p) != "Z" for p in _pids())
+
+
+def _pids() -> list[int]:
+    return [int(d) for d in os.listdir("/proc") if d.isdigit()]
+
+
+def _stat(pid: int) -> list[str]:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return []
+
+
+def _pgid_of(pid: int) -> int | None:
+    fields = _stat(pid)
+    return int(fields[2]) if fields else None
+
+
+def _state_of(pid: int) -> str:
+    fields = _stat(pid)
+    return fields[0] if fields else "?"
+
+
+def stop_group(pgid: int, timeout_s: float, proc: subprocess.Popen | None = None) -> None:
+    try:
+        os.killpg(pgid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc is not None:
+            proc.poll()  # reap our child so it does not linger as a zombie
+        if not group_alive(pgid):
+            return
+        time.sleep(0.2)
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    if proc is not None:
+        proc.wait()
+
+
+def log_tail(path: Path, lines: int = 25) -> str:
+    try:
+        with open(path, "rb") as f:
+            tail = deque(f, maxlen=lines)
+    except OSError:
+        return "(no log)"
+    return b"".join(tail).decode("utf-8", "replace").rstrip()
