@@ -314,18 +314,27 @@ class DockerServer:
     def wait_ready(self, models: list[str], timeout_s: float,
                    on_progress: Callable[[str, float], None] | None = None) -> float:
         return health.wait_ready(self.spec.http_url, models, timeout_s, self.is_alive,
-                                 lambda: self.logs(tail=30), on_progress)
+                                 self.log_tail, on_progress)
 
     def wait(self) -> int:
         """Block until an attached server exits; its exit code."""
         return self.process.wait() if self.process is not None else 0
 
-    def stop(self) -> None:
-        self._docker("stop", "-t", str(self.spec.exit_timeout_s + 5), self.name,
-                     timeout=self.spec.exit_timeout_s + 30)
+    def log_tail(self, lines: int = 30) -> str:
+        return self.logs(tail=lines)
+
+    def stop(self, timeout_s: float | None = None) -> None:
+        grace = int(timeout_s) if timeout_s else self.spec.exit_timeout_s + 5
+        self._docker("stop", "-t", str(grace), self.name, timeout=grace + 30)
         self._docker("rm", "-f", self.name)  # detached containers have no --rm; ignore "no such container"
         if self.process is not None:
             try:
                 self.process.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 self.process.kill()
+
+    def __enter__(self) -> "DockerServer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -1,0 +1,367 @@
+"""The docker runtime, checked on what tritonkit hands to Docker (no engine needed)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tritonkit.commands.image import image as image_command
+from tritonkit.errors import ServerError, UsageError
+from tritonkit.runtime import docker
+from tritonkit.runtime.spec import ServerSpec
+
+SECRET = "hf_s3cr3t_value_that_must_not_leak"
+DOCKERFILE = Path(__file__).resolve().parents[1] / "dockerfiles" / "Dockerfile"
+
+
+@pytest.fixture
+def layout(tmp_path, monkeypatch):
+    """A repository whose model.json points at weights outside it, with three LoRA adapters:
+    one outside everything, one inside the repository, one inside the Hugging Face cache."""
+    hf = tmp_path / "hf"
+    monkeypatch.setenv("HF_HOME", str(hf))
+    monkeypatch.setenv("HF_TOKEN", SECRET)
+    weights = tmp_path / "weights" / "base"
+    adapter_a = tmp_path / "adapters" / "a"
+    snapshot = hf / "hub" / "models--x--lora" / "snapshots" / "abc"
+    repo = tmp_path / "repo"
+    adapter_b = repo / "tiny" / "adapters" / "b"
+    for folder in (weights, adapter_a, snapshot, adapter_b, repo / "tiny" / "1"):
+        folder.mkdir(parents=True)
+    (repo / "tiny" / "config.pbtxt").write_text('backend: "vllm"\n')
+    (repo / "tiny" / "1" / "model.json").write_text(json.dumps(
+        {"model": str(weights), "tokenizer": str(weights), "enable_lora": True, "dtype": "float16"}))
+    (repo / "tiny" / "1" / "multi_lora.json").write_text(json.dumps(
+        {"a": str(adapter_a), "b": str(adapter_b), "c": str(snapshot)}))
+    return {"repo": repo, "hf": hf, "weights": weights, "adapter_a": adapter_a}
+
+
+def test_run_args_exact(layout):
+    repo, hf = layout["repo"], layout["hf"]
+    spec = ServerSpec(repository=repo, name="demo", env={"VLLM_LOGGING_LEVEL": "INFO"})
+    argv = docker.run_args(spec, "tritonkit-vllm:25.12", build={"name": "tiny"})
+    assert argv == [
+        "docker", "run", "--rm", "--name", "tritonkit-demo", "--init",
+        "--gpus", "all", "--shm-size", "4g",
+        "--ulimit", "memlock=-1", "--ulimit", "stack=67108864",
+        "--user", f"{os.getuid()}:{os.getgid()}",
+        "-p", "127.0.0.1:8000:8000", "-p", "127.0.0.1:8001:8001", "-p", "127.0.0.1:8002:8002",
+        "--mount", f"type=bind,source={hf},target={hf}",
+        "--mount", f"type=bind,source={repo},target={repo},readonly",
+        "--mount", f"type=bind,source={layout['weights']},target={layout['weights']},readonly",
+        "--mount", f"type=bind,source={layout['adapter_a']},target={layout['adapter_a']},readonly",
+        "-e", f"HF_HOME={hf}", "-e", "HF_TOKEN", "-e", "VLLM_LOGGING_LEVEL=INFO",
+        "--label", "tritonkit.server=demo", "--label", f"tritonkit.repository={repo}",
+        "--label", "tritonkit.http_port=8000", "--label", "tritonkit.model=tiny",
+        "tritonkit-vllm:25.12",
+        "tritonserver", f"--model-repository={repo}", "--exit-timeout-secs=5",
+        "--backend-config=python,shm-region-prefix-name=tritonkit_demo_8000_",
+        "--metrics-config=histogram_latencies=true",
+    ]
+    assert not any(SECRET in arg for arg in argv)
+
+
+def test_every_mount_is_at_the_same_path_and_only_the_cache_is_writable(layout):
+    argv = docker.run_args(ServerSpec(repository=layout["repo"]), "img")
+    mounts = [dict(f.partition("=")[::2] if "=" in f else (f, True) for f in argv[i + 1].split(","))
+              for i, a in enumerate(argv) if a == "--mount"]
+    assert len(mounts) == 4
+    assert all(m["type"] == "bind" and m["source"] == m["target"] for m in mounts)
+    assert [m["source"] for m in mounts if "readonly" not in m] == [str(layout["hf"])]
+
+
+def test_ports_host_gpus_and_detach(layout):
+    spec = ServerSpec(repository=layout["repo"], name="b", host="0.0.0.0", http_port=9000, grpc_port=9001,
+                      metrics_port=9002, exit_timeout_s=7)
+    argv = docker.run_args(spec, "img", gpus="0,1", detach=True)
+    assert argv[2] == "-d" and "--rm" not in argv  # kept after a crash so its log stays readable
+    assert argv[argv.index("--gpus") + 1] == '"device=0,1"'
+    assert [argv[i + 1] for i, a in enumerate(argv) if a == "-p"] == [
+        "0.0.0.0:9000:8000", "0.0.0.0:9001:8001", "0.0.0.0:9002:8002"]
+    assert "--exit-timeout-secs=7" in argv
+    assert "--backend-config=python,shm-region-prefix-name=tritonkit_b_9000_" in argv
+    assert docker.run_args(spec, "img", gpus="3")[argv.index("--gpus") + 1] == '"device=3"'
+    with pytest.raises(UsageError, match="--gpus"):
+        docker.run_args(spec, "img", gpus="two")
+
+
+def test_secret_env_goes_by_name_only(layout):
+    spec = ServerSpec(repository=layout["repo"], env={"MY_API_KEY": SECRET, "HF_TOKEN": SECRET, "N": "1"})
+    argv = docker.run_args(spec, "img")
+    envs = [argv[i + 1] for i, a in enumerate(argv) if a == "-e"]
+    assert envs == [f"HF_HOME={layout['hf']}", "MY_API_KEY", "HF_TOKEN", "N=1"]
+    assert not any(SECRET in arg for arg in argv)
+
+
+def test_missing_paths_are_clear_errors(layout, tmp_path):
+    (layout["repo"] / "tiny" / "1" / "model.json").write_text(json.dumps({"model": "/nowhere/weights"}))
+    with pytest.raises(UsageError, match="/nowhere/weights"):
+        docker.run_args(ServerSpec(repository=layout["repo"]), "img")
+    with pytest.raises(UsageError, match="does not exist"):
+        docker.run_args(ServerSpec(repository=tmp_path / "absent"), "img")
+    with pytest.raises(UsageError, match="container name"):
+        docker.run_args(ServerSpec(repository=layout["repo"], name="a/b"), "img")
+
+
+def test_hub_model_id_needs_no_mount(layout):
+    (layout["repo"] / "tiny" / "1" / "model.json").write_text(json.dumps({"model": "meta-llama/Llama-3.1-8B"}))
+    (layout["repo"] / "tiny" / "1" / "multi_lora.json").unlink()
+    argv = docker.run_args(ServerSpec(repository=layout["repo"]), "img")
+    assert argv.count("--mount") == 2  # the cache and the repository
+
+
+# -- Dockerfile -----------------------------------------------------------------------------
+
+def instructions(path: Path = DOCKERFILE) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) per instruction, continuation lines joined, comments dropped."""
+    out, pending = [], ""
+    for line in path.read_text().splitlines():
+        if not pending and (not line.strip() or line.lstrip().startswith("#")):
+            continue
+        if line.rstrip().endswith("\\"):
+            pending += line.rstrip()[:-1] + " "
+            continue
+        word, _, rest = (pending + line).strip().partition(" ")
+        out.append((word.upper(), rest.strip()))
+        pending = ""
+    return out
+
+
+def stage(name: str) -> list[tuple[str, str]]:
+    ins = instructions()
+    start = next(i for i, (w, a) in enumerate(ins) if w == "FROM" and a.endswith(f"AS {name}"))
+    end = next((i for i in range(start + 1, len(ins)) if ins[i][0] == "FROM"), len(ins))
+    return ins[start:end]
+
+
+def test_dockerfile_uses_the_pinned_base_via_arg():
+    ins = instructions()
+    assert ins[0] == ("ARG", f"BASE_IMAGE={docker.BASE_IMAGE}")
+    assert docker.BASE_IMAGE == f"nvcr.io/nvidia/tritonserver:{docker.NGC_RELEASE}-vllm-python-py3"
+    assert re.fullmatch(r"\d\d\.\d\d", docker.NGC_RELEASE)
+    froms = [a for w, a in ins if w == "FROM"]
+    assert froms == ["${BASE_IMAGE} AS base", "base AS baked", "base AS runtime"]  # plain build = mount mode
+
+
+def test_dockerfile_serving_instructions():
+    base = dict(stage("base"))
+    assert base["USER"] not in ("root", "0")
+    assert base["EXPOSE"].split() == ["8000", "8001", "8002"]
+    assert "/v2/health/ready" in base["HEALTHCHECK"] and base["HEALTHCHECK"].split()[-2:] != ["CMD", ""]
+    assert "--start-period=" in base["HEALTHCHECK"]
+    cmd = json.loads(base["CMD"])
+    assert cmd[:2] == ["sh", "-c"] and cmd[2].startswith("exec tritonserver ")
+    for flag in ('--model-repository="$TRITONKIT_REPOSITORY"', "--exit-timeout-secs=",
+                 "--backend-config=python,shm-region-prefix-name=", "--metrics-config=histogram_latencies=true"):
+        assert flag in cmd[2]
+
+
+def test_dockerfile_bakes_the_repository_at_its_own_path():
+    baked = stage("baked")
+    assert ("ARG", "REPOSITORY") in baked
+    assert ("COPY", "--from=repository . ${REPOSITORY}") in baked
+    assert ("ENV", "TRITONKIT_REPOSITORY=${REPOSITORY}") in baked
+
+
+def test_dockerfile_holds_no_secrets():
+    for word, args in instructions():
+        if word in ("ENV", "ARG"):
+            names = re.findall(r"([A-Za-z_][A-Za-z0-9_]*)=", args) or [args.split("=")[0]]
+            assert not any(re.search(r"TOKEN|SECRET|PASSWORD|KEY", n, re.I) for n in names), (word, args)
+        assert not (word == "RUN" and "--mount=type=secret" not in args and "HF_TOKEN" in args)
+    assert "HF_TOKEN=" not in DOCKERFILE.read_text()
+
+
+# -- docker build ---------------------------------------------------------------------------
+
+def test_build_image_args(layout, tmp_path):
+    ctx = tmp_path / "ctx"
+    assert docker.build_image_args(ctx, "t:1", "base:1") == [
+        "docker", "build", "-f", f"{ctx}/Dockerfile", "-t", "t:1", "--build-arg", "BASE_IMAGE=base:1",
+        "--label", "tritonkit=1", "--target", "runtime", str(ctx)]
+    repo = layout["repo"]
+    assert docker.build_image_args(ctx, "t:1", "base:1", repo) == [
+        "docker", "build", "-f", f"{ctx}/Dockerfile", "-t", "t:1", "--build-arg", "BASE_IMAGE=base:1",
+        "--label", "tritonkit=1", "--target", "baked", "--build-context", f"repository={repo}",
+        "--build-arg", f"REPOSITORY={repo}", "--label", f"tritonkit.repository={repo}", str(ctx)]
+    with pytest.raises(UsageError, match="not a model repository"):
+        docker.build_image_args(ctx, "t:1", "base:1", tmp_path / "weights")
+
+
+def test_base_image_override(monkeypatch):
+    monkeypatch.delenv("TRITONKIT_BASE_IMAGE", raising=False)
+    assert docker.base_image() == docker.BASE_IMAGE
+    monkeypatch.setenv("TRITONKIT_BASE_IMAGE", "nvcr.io/nvidia/tritonserver:26.01-vllm-python-py3")
+    assert docker.base_image() == "nvcr.io/nvidia/tritonserver:26.01-vllm-python-py3"
+
+
+# -- no engine ------------------------------------------------------------------------------
+
+def fake_docker(bin_dir: Path, script: str) -> Path:
+    bin_dir.mkdir(exist_ok=True)
+    path = bin_dir / "docker"
+    path.write_text("#!/bin/sh\n" + script)
+    path.chmod(0o755)
+    return path
+
+
+NO_DAEMON = ('echo "Cannot connect to the Docker daemon at unix:///var/run/docker.sock. '
+             'Is the docker daemon running?" >&2\nexit 1\n')
+
+
+def run_cli(argv, capsys):
+    from tritonkit.cli import cli, main
+
+    cli.add_command(image_command)
+    try:
+        main(argv)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    return code, capsys.readouterr()
+
+
+def test_no_docker_client(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    assert docker.docker_available() is False
+    with pytest.raises(ServerError, match="not installed") as exc:
+        docker.require_docker()
+    assert "NVIDIA Container Toolkit" in exc.value.hint and "--runtime local" in exc.value.hint
+    code, out = run_cli(["image"], capsys)
+    assert code == ServerError.exit_code
+    lines = out.err.strip().splitlines()
+    assert len(lines) == 1 and "docker client is not installed" in lines[0] and "--runtime local" in lines[0]
+
+
+def test_client_without_engine(tmp_path, monkeypatch, capsys):
+    fake_docker(tmp_path / "bin", NO_DAEMON)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:/usr/bin:/bin")
+    assert docker.docker_available() is False
+    with pytest.raises(ServerError, match="Cannot connect to the Docker daemon"):
+        docker.DockerServer(ServerSpec(repository=tmp_path)).start(detach=True)
+    code, out = run_cli(["image"], capsys)
+    assert code == ServerError.exit_code and "no Docker engine answers" in out.err
+
+
+def test_image_dry_run_needs_no_engine(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    code, out = run_cli(["image", "--dry-run", "--tag", "me/tk:1", "--base-image", "b:2"], capsys)
+    assert code == 0, out.err
+    assert out.out.startswith("docker build -f ") and "--build-arg BASE_IMAGE=b:2" in out.out
+    assert "-t me/tk:1" in out.out and "--target runtime" in out.out
+
+
+# -- DockerServer against a fake engine ------------------------------------------------------
+
+def test_detached_lifecycle_through_a_fake_engine(layout, tmp_path, monkeypatch):
+    """A `docker` script that records every call: the real runner, the real argv, the env it sees."""
+    log = tmp_path / "calls.log"
+    fake_docker(tmp_path / "bin", f"""
+printf '%s\\n' "$*" >> {log}
+case "$1" in
+  info) echo 28.0.0 ;;
+  image) exit 0 ;;
+  inspect) echo "Error: No such object: $4" >&2; exit 1 ;;
+  run) echo "token-seen=${{HF_TOKEN:+yes}} key-seen=${{MY_API_KEY:+yes}}" >> {log}; echo 0123abcd ;;
+esac
+""")
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:/usr/bin:/bin")
+    spec = ServerSpec(repository=layout["repo"], name="fg", env={"MY_API_KEY": SECRET})
+    server = docker.DockerServer(spec, "tritonkit-vllm:25.12")
+    server.start(detach=True)
+    server.stop()
+    calls = log.read_text().splitlines()
+    assert calls[0] == "info --format {{.ServerVersion}}"
+    assert calls[1] == "image inspect tritonkit-vllm:25.12"
+    assert calls[2] == "inspect -f {{.State.Running}} tritonkit-fg"
+    assert calls[3] == " ".join(["run"] + docker.run_args(spec, "tritonkit-vllm:25.12", detach=True)[2:])
+    assert calls[4] == "token-seen=yes key-seen=yes"  # the client gets the values to forward
+    assert calls[5:] == ["stop -t 10 tritonkit-fg", "rm -f tritonkit-fg"]
+    assert SECRET not in log.read_text()
+
+
+class FakeRunner:
+    """Answers docker calls from a table keyed by the first two arguments after `docker`."""
+
+    def __init__(self, answers: dict[str, tuple[int, str]]):
+        self.answers, self.calls = answers, []
+
+    def __call__(self, argv, *, stream=False, timeout=None, env=None):
+        self.calls.append(argv)
+        code, out = self.answers.get(" ".join(argv[1:3]), (0, ""))
+        return subprocess.CompletedProcess(argv, code, out, "")
+
+
+@pytest.fixture
+def docker_on_path(tmp_path, monkeypatch):
+    fake_docker(tmp_path / "fakebin", "exit 0\n")
+    monkeypatch.setenv("PATH", f"{tmp_path / 'fakebin'}:/usr/bin:/bin")
+
+
+def test_wait_ready_reports_the_log_when_the_container_dies(layout, docker_on_path):
+    runner = FakeRunner({"inspect -f": (0, "false\n"),
+                         "logs --tail": (0, "E model.py:1] vLLM failed: CUDA out of memory\n")})
+    server = docker.DockerServer(ServerSpec(repository=layout["repo"], name="x"), "img", runner=runner)
+    with pytest.raises(ServerError, match="CUDA out of memory"):
+        server.wait_ready(["tiny"], timeout_s=5)
+    assert ["docker", "logs", "--tail", "30", "tritonkit-x"] in runner.calls
+
+
+def test_start_refuses_a_running_namesake_and_a_missing_image(layout, docker_on_path):
+    spec = ServerSpec(repository=layout["repo"], name="x")
+    running = FakeRunner({"inspect -f": (0, "true\n")})
+    with pytest.raises(UsageError, match="already running"):
+        docker.DockerServer(spec, "img", runner=running).start(detach=True)
+    assert not any(c[1] == "run" for c in running.calls)
+    missing = FakeRunner({"image inspect": (1, "")})
+    with pytest.raises(ServerError, match="tritonkit image"):
+        docker.DockerServer(spec, "img", runner=missing).start(detach=True)
+
+
+def test_start_clears_a_stopped_leftover_and_explains_a_gpu_failure(layout, docker_on_path):
+    runner = FakeRunner({"inspect -f": (0, "false\n")})
+
+    def run_fails(argv, **kw):
+        if argv[1] == "run":
+            return subprocess.CompletedProcess(argv, 125, "", 'docker: Error response from daemon: could not '
+                                               'select device driver "" with capabilities: [[gpu]].\n')
+        return runner(argv, **kw)
+
+    with pytest.raises(ServerError) as exc:
+        docker.DockerServer(ServerSpec(repository=layout["repo"], name="x"), "img", runner=run_fails).start(True)
+    assert "NVIDIA Container Toolkit" in exc.value.hint
+    assert runner.calls.count(["docker", "rm", "-f", "tritonkit-x"]) == 2  # the leftover, then the failed run
+
+
+def test_foreground_streams_and_tracks_the_client_process(layout, docker_on_path):
+    class Client:  # stands in for the attached `docker run` Popen
+        code = None
+
+        def poll(self):
+            return self.code
+
+        def wait(self, timeout=None):
+            return self.code
+
+    client = Client()
+    runner = FakeRunner({"inspect -f": (1, ""), "logs --tail": (1, "")})
+    streamed = []
+
+    def run(argv, **kw):
+        if kw.get("stream"):
+            streamed.append(argv)
+            return client
+        return runner(argv, **kw)
+
+    server = docker.DockerServer(ServerSpec(repository=layout["repo"], name="fg"), "img", runner=run)
+    server.start(detach=False)
+    assert streamed == [docker.run_args(server.spec, "img", detach=False)] and "--rm" in streamed[0]
+    assert server.is_alive()  # before the container exists, the client process is what counts
+    client.code = 1
+    assert not server.is_alive()
+    assert "output is above" in server.log_tail()  # --rm removed it; its log went to the terminal
