@@ -365,3 +365,11 @@ def test_foreground_streams_and_tracks_the_client_process(layout, docker_on_path
     client.code = 1
     assert not server.is_alive()
     assert "output is above" in server.log_tail()  # --rm removed it; its log went to the terminal
+
+
+def test_a_path_with_a_comma_is_quoted_for_docker(layout, tmp_path):
+    odd = tmp_path / "w,eights"
+    odd.mkdir()
+    (layout["repo"] / "tiny" / "1" / "model.json").write_text(json.dumps({"model": str(odd)}))
+    argv = docker.run_args(ServerSpec(repository=layout["repo"]), "img")
+    assert f'type=bind,"source={odd}","target={odd}",readonly' in argv

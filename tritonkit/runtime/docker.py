@@ -174,9 +174,14 @@ def _is_secret(key: str) -> bool:
 def _bind(path: Path, read_only: bool) -> list[str]:
     # --mount fails on a missing source (-v would create it, owned by root); same path inside.
     fields = ["type=bind", f"source={path}", f"target={path}"] + (["readonly"] if read_only else [])
-    # The value is CSV: quote a field that holds a comma or a quote.
-    return ["--mount", ",".join(f'"{f.replace(chr(34), chr(34) * 2)}"' if ("," in f or '"' in f) else f
-                                for f in fields)]
+    return ["--mount", ",".join(_csv_field(f) for f in fields)]
+
+
+def _csv_field(field: str) -> str:
+    """Docker reads --mount as one CSV record: quote a field that holds a comma or a quote."""
+    if "," in field or '"' in field:
+        return '"' + field.replace('"', '""') + '"'
+    return field
 
 
 def _gpus_arg(gpus: str) -> str:
