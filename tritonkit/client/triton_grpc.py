@@ -1,0 +1,167 @@
+"""Triton gRPC streaming (ModelStreamInfer) against a decoupled model such as the vLLM backend.
+
+One bidirectional stream per request, so cancelling a request cancels exactly its gRPC call and
+Triton aborts the vLLM request. Messages come from tritonclient's generated protobuf/gRPC modules;
+the request is built from a template once per client (only the prompt, the sampling JSON and the
+id change) and responses are decoded straight from the protobuf. That keeps the client's CPU per
+request low, and it lets us opt into Triton's empty final response
+(`triton_enable_empty_final_response`), which tritonclient's `stream_infer` refuses as a reserved
+parameter: without it a request whose backend ends with a bare FINAL flag would never end.
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+from typing import AsyncIterator
+
+import grpc
+from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+from tritonkit.client.base import Chunk, RequestError, StreamClient, UnknownModel, Unreachable, sampling_json
+from tritonkit.errors import ServerError
+
+_BOOL_INPUTS = ("stream", "exclude_input_in_output", "return_num_input_tokens",
+                "return_num_output_tokens", "return_finish_reason")
+_MAX_MESSAGE = 2**31 - 1
+_U32 = struct.Struct("<I")
+
+
+def _bytes_tensor(value: bytes) -> bytes:
+    return _U32.pack(len(value)) + value
+
+
+def _decode_bytes(raw: bytes) -> list[bytes]:
+    out, pos, end = [], 0, len(raw)
+    while pos + 4 <= end:
+        (n,) = _U32.unpack_from(raw, pos)
+        out.append(raw[pos + 4:pos + 4 + n])
+        pos += 4 + n
+    return out
+
+
+def _request_template(model: str) -> service_pb2.ModelInferRequest:
+    req = service_pb2.ModelInferRequest(model_name=model)
+    for name, dtype in (("text_input", "BYTES"), ("sampling_parameters", "BYTES")):
+        req.inputs.add(name=name, datatype=dtype, shape=[1])
+        req.raw_input_contents.append(b"")
+    for name in _BOOL_INPUTS:
+        req.inputs.add(name=name, datatype="BOOL", shape=[1])
+        req.raw_input_contents.append(b"\x01")
+    req.parameters["triton_enable_empty_final_response"].bool_param = True
+    return req
+
+
+def _parse(resp, t: float) -> Chunk:
+    ir = resp.infer_response
+    text, n_out, n_in, reason = "", None, None, None
+    raw = ir.raw_output_contents
+    for i, out in enumerate(ir.outputs):
+        data = raw[i] if i < len(raw) else b""
+        name = out.name
+        if name == "text_output":
+            text = b"".join(_decode_bytes(data)).decode("utf-8", "replace")
+        elif name == "num_output_tokens":
+            n_out = sum(struct.unpack(f"<{len(data) // 4}I", data))
+        elif name == "num_input_tokens" and len(data) >= 4:
+            n_in = _U32.unpack_from(data)[0]
+        elif name == "finish_reason":
+            parts = _decode_bytes(data)
+            reason = parts[0].decode() if parts and parts[0] else None
+    params = ir.parameters
+    final = "triton_final_response" in params and params["triton_final_response"].bool_param
+    return Chunk(text, n_out, reason, n_in, t, final)
+
+
+def _server_error(message: str, model: str) -> Exception:
+    if "unknown model" in message.lower():
+        return UnknownModel(f"the server does not serve model {model!r}: {message}",
+                            "check the model name (`tritonkit serve` lists the models it loaded)")
+    return RequestError(f"server error: {message}", "server_error")
+
+
+class TritonGrpcClient(StreamClient):
+    protocol = "grpc"
+
+    def __init__(self, url: str, model: str):
+        super().__init__(url.removeprefix("grpc://"), model)
+        self._channel: grpc.aio.Channel | None = None
+        self._stub: service_pb2_grpc.GRPCInferenceServiceStub | None = None
+        self._template = _request_template(model)
+
+    def _get_stub(self) -> service_pb2_grpc.GRPCInferenceServiceStub:
+        if self._stub is None:  # created lazily: a grpc.aio channel belongs to the running loop
+            self._channel = grpc.aio.insecure_channel(self.url, options=[
+                ("grpc.max_send_message_length", _MAX_MESSAGE),
+                ("grpc.max_receive_message_length", _MAX_MESSAGE),
+            ])
+            self._stub = service_pb2_grpc.GRPCInferenceServiceStub(self._channel)
+        return self._stub
+
+    def _rpc_error(self, err: grpc.aio.AioRpcError) -> Exception:
+        code = err.code()
+        if code == grpc.StatusCode.UNAVAILABLE:
+            return Unreachable(f"cannot reach Triton gRPC at {self.url}: {err.details()}",
+                               "is the server running? (`tritonkit serve`), or pass the right --url")
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            return RequestError(f"gRPC deadline exceeded at {self.url}", "timeout")
+        return RequestError(f"gRPC {code.name}: {err.details()}", f"grpc_{code.name.lower()}")
+
+    async def check(self, timeout_s: float = 5.0) -> None:
+        stub = self._get_stub()
+        try:
+            await stub.ServerLive(service_pb2.ServerLiveRequest(), timeout=timeout_s, wait_for_ready=False)
+            ready = await stub.ModelReady(service_pb2.ModelReadyRequest(name=self.model), timeout=timeout_s)
+            if ready.ready:
+                return
+            index = await stub.RepositoryIndex(service_pb2.RepositoryIndexRequest(), timeout=timeout_s)
+        except grpc.aio.AioRpcError as err:
+            raise self._rpc_error(err) from None
+        states = {m.name: (m.state, m.reason) for m in index.models}
+        if self.model not in states:
+            have = ", ".join(sorted(states)) or "none"
+            raise UnknownModel(f"Triton at {self.url} does not serve model {self.model!r} (it has: {have})",
+                               "pass --model with one of those names")
+        state, reason = states[self.model]
+        raise ServerError(f"model {self.model!r} is not ready ({state}{': ' + reason if reason else ''})",
+                          "wait for it to load, or check the server log")
+
+    async def stream(self, prompt: str, sampling: dict, lora_name: str | None = None,
+                     request_id: str | None = None) -> AsyncIterator[Chunk]:
+        req = service_pb2.ModelInferRequest()
+        req.CopyFrom(self._template)
+        req.raw_input_contents[0] = _bytes_tensor(prompt.encode("utf-8"))
+        req.raw_input_contents[1] = _bytes_tensor(sampling_json(sampling, lora_name).encode("utf-8"))
+        if request_id:
+            req.id = request_id
+        call = self._get_stub().ModelStreamInfer()
+        finished = False
+        try:
+            try:
+                await call.write(req)
+                await call.done_writing()
+                while True:
+                    resp = await call.read()
+                    t = time.perf_counter()
+                    if resp is grpc.aio.EOF:
+                        raise RequestError("the stream ended before the final response", "truncated")
+                    if resp.error_message:
+                        finished = True
+                        raise _server_error(resp.error_message, self.model)
+                    chunk = _parse(resp, t)
+                    if chunk.final:
+                        finished = True
+                    yield chunk
+                    if finished:
+                        return
+            except grpc.aio.AioRpcError as err:
+                finished = True
+                raise self._rpc_error(err) from None
+        finally:
+            if not finished:  # cancelled or abandoned: tell Triton, which aborts the vLLM request
+                call.cancel()
+
+    async def close(self) -> None:
+        if self._channel is not None:
+            await self._channel.close()
+            self._channel = self._stub = None
