@@ -154,14 +154,22 @@ def resolve(model: str) -> ModelSpec:
                              config_path=cached)
     if model.startswith((".", "/", "~")):
         raise UsageError(f"model folder {model} does not exist")
-    choices = list(catalog) + [e["hf_id"] for e in catalog.values() if e.get("hf_id")]
-    near = difflib.get_close_matches(model, choices, n=3, cutoff=0.4)
+    near = nearest(model, list(catalog) + [e["hf_id"] for e in catalog.values() if e.get("hf_id")])
     hint = (f"did you mean {', '.join(near)}?" if near else "see `tritonkit models`")
     if HF_ID.match(model):
         hint += (f"; or fetch its config first: `huggingface-cli download {model} config.json`,"
                  f" or add it to {user_catalog_path()}")
     raise UsageError(f"unknown model {model!r}: not in the catalog, not a local folder, "
                      f"and no config.json for it in the Hugging Face cache", hint)
+
+
+def nearest(name: str, choices: list[str], n: int = 3) -> list[str]:
+    """Names that start like `name` first, then difflib's closest."""
+    low = name.lower()
+    found = [c for c in choices if c.lower().startswith(low)]
+    found += difflib.get_close_matches(low, [c.lower() for c in choices], n=n, cutoff=0.4)
+    by_lower = {c.lower(): c for c in choices}
+    return list(dict.fromkeys(by_lower[f.lower()] for f in found))[:n]
 
 
 def _hf_cached_config(repo_id: str) -> Path | None:
@@ -227,7 +235,7 @@ def architecture_from_config(path: Path) -> tuple[Architecture, str | None]:
 
 
 def estimate_parameters(a: Architecture) -> int:
-    """Weights of a decoder from its numbers (biases of Llama-style attention are ignored)."""
+    """Weights of a decoder from its numbers (exact for the catalog's families)."""
     h, d, inter = a.hidden_size, a.head_dim, a.intermediate_size
     q_dim, kv_dim = a.num_attention_heads * d, a.num_key_value_heads * d
     if a.model_type == "gpt_neox":  # fused QKV with biases, 2-matrix MLP, LayerNorms with bias
@@ -235,6 +243,8 @@ def estimate_parameters(a: Architecture) -> int:
         final_norm = 2 * h
     else:  # Llama family: q, k, v, o, gate, up, down, two RMSNorms
         per_layer = h * q_dim + 2 * h * kv_dim + q_dim * h + 3 * h * inter + 2 * h
+        if a.model_type == "qwen2":  # Qwen2 has biases on q, k and v
+            per_layer += q_dim + 2 * kv_dim
         final_norm = h
     embeddings = a.vocab_size * h * (1 if a.tie_word_embeddings else 2)
     return a.num_hidden_layers * per_layer + embeddings + final_norm

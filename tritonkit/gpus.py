@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from tritonkit.catalog import nearest
 from tritonkit.errors import UsageError
 from tritonkit.paths import home
 
@@ -94,7 +94,7 @@ def get_profile(name: str, gpus: int | None = None, price: float | None = None) 
     profiles = load_profiles()
     profile = profiles.get(name) or profiles.get(name.lower())
     if profile is None:
-        near = difflib.get_close_matches(name.lower(), list(profiles), n=3, cutoff=0.4)
+        near = nearest(name, list(profiles))
         raise UsageError(f"unknown GPU profile {name!r}",
                          f"did you mean {', '.join(near)}?" if near else "see `tritonkit gpus`")
     if gpus is not None and gpus != profile.gpus:

@@ -78,7 +78,7 @@ def inspect(name: str, path: Path) -> Adapter:
         raise UsageError(f"{path} is not a PEFT adapter: no adapter_model.safetensors or .bin")
     targets = cfg["target_modules"]
     return Adapter(name=name, path=path, rank=cfg["r"],
-                   target_modules=targets if isinstance(targets, str) else tuple(targets),
+                   target_modules=targets if isinstance(targets, str) else tuple(sorted(targets)),
                    base_model=cfg.get("base_model_name_or_path"), use_dora=bool(cfg.get("use_dora")),
                    weights_file=weights, shapes=shapes)
 

@@ -221,15 +221,16 @@ def _check_choices(spec: ModelSpec, gpu: GpuProfile, c: Choices) -> None:
             raise UsageError(f"--tp must be at least 1, got {c.tp}")
         if gpu.is_cpu and c.tp != 1:
             raise UsageError("the cpu profile runs one engine: --tp must be 1")
-        if c.tp > gpu.gpus:
-            raise UsageError(f"--tp {c.tp} needs {c.tp} GPUs; {gpu.name} has {gpu.gpus}",
-                             f"use --gpus {c.tp} or a profile with more GPUs (see `tritonkit gpus`)")
         if a.num_attention_heads % c.tp or a.num_key_value_heads % c.tp:
             valid = [t for t in range(1, 65) if a.num_attention_heads % t == 0
                      and a.num_key_value_heads % t == 0]
             raise UsageError(
                 f"--tp {c.tp} does not divide {spec.name}'s {a.num_attention_heads} attention heads "
-                f"and {a.num_key_value_heads} KV heads", f"valid --tp values: {', '.join(map(str, valid))}")
+                f"and {a.num_key_value_heads} KV heads",
+                f"valid --tp values: {', '.join(map(str, valid))} (at most {gpu.gpus} on {gpu.name})")
+        if c.tp > gpu.gpus:
+            raise UsageError(f"--tp {c.tp} needs {c.tp} GPUs; {gpu.name} has {gpu.gpus}",
+                             f"use --gpus {c.tp} or a profile with more GPUs (see `tritonkit gpus`)")
     u = c.gpu_memory_utilization
     if u is not None and not 0 < u <= 1:
         raise UsageError(f"--gpu-memory-utilization must be in (0, 1], got {u}")
