@@ -185,3 +185,12 @@ def test_rows_show_every_number(tritonkit_home):
     assert shown["KV tokens"] == ("13,264", "829 blocks × 16 tokens")
     assert shown["weights per GPU"][0] == "12.55 GiB (13,476,831,232 B)"
     assert "2 × 32 layers × 32 KV heads × 128 head_dim × 2 B" in shown["KV bytes per token"][1]
+
+
+def test_options_respect_the_users_flags(tritonkit_home):
+    # bf16 and fp8 were asked for: no T4 (no bf16) and no A100 (no fp8) may be offered.
+    with pytest.raises(DoesNotFitError) as err:
+        plan("llama2-13b", "l4", dtype="bfloat16", max_model_len=4096, quantization="fp8",
+             gpu_memory_utilization=0.5)
+    assert "t4" not in err.value.hint and "a100" not in err.value.hint
+    assert "--gpu l4x4" in err.value.hint and "--gpu h100 " in err.value.hint

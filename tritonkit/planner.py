@@ -329,7 +329,7 @@ def _options(spec: ModelSpec, gpu: GpuProfile, c: Choices, alternatives) -> str:
         for p in group:
             if limit == 0:
                 break
-            fit = _fit(spec, p, free)
+            fit = _try(spec, p, free)
             if isinstance(fit, Plan):
                 found.append(f"--gpu {p.name} ({p.gpus} × {p.gpu}, {p.instance}, "
                              f"${p.price_per_hour:g}/h, tp {fit.tensor_parallel_size}, "
@@ -356,6 +356,15 @@ def _options(spec: ModelSpec, gpu: GpuProfile, c: Choices, alternatives) -> str:
         if tokens >= BLOCK_SIZE:
             found.append(f"a shorter context: --max-model-len {tokens} (the KV cache holds {tokens:,} tokens)")
     return "options: " + "; ".join(found) if found else "no listed GPU profile fits it; see `tritonkit gpus`"
+
+
+def _try(spec: ModelSpec, gpu: GpuProfile, c: Choices) -> Plan | str | None:
+    """_fit on another profile; None where the user's own flags rule it out (e.g. fp8 on an A10)."""
+    try:
+        _choose_dtype(gpu, c)
+        return _fit(spec, gpu, dataclasses.replace(c, quantization=_check_quantization(spec, gpu, c)))
+    except UsageError:
+        return None
 
 
 def _max_tokens(spec: ModelSpec, gpu: GpuProfile, c: Choices) -> int:
