@@ -1,0 +1,312 @@
+"""Drive a server: one step per load, requests in asyncio tasks, results as StepResults.
+
+The runner knows loads (from schedules), a workload and a StreamClient, nothing about protocols.
+It stops early and keeps what it measured when the server dies or stops answering (a watchdog
+probes it every second), when the user presses Ctrl-C, or when a sweep misses its SLO or its
+throughput stops growing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from tritonkit.client import RequestError, StreamClient, Unreachable, error_kind
+from tritonkit.perf import server_metrics, stability
+from tritonkit.perf.aggregate import Aggregator, StepResult
+from tritonkit.perf.records import RequestRecord
+from tritonkit.perf.schedules import Load, offsets
+from tritonkit.perf.workload import Workload
+
+CLIENT_LAG_LIMIT_S = 0.005  # p99 send lag above this: the client, not the server, set the pace
+
+
+@dataclass
+class RunSpec:
+    loads: list[Load]
+    duration_s: float | None = None  # measured period of a single run (after warm-up)
+    requests: int | None = None  # or a request count (single run)
+    warmup_s: float = 0.0
+    sweep: bool = False  # steps end when stable (or at max_step_s) instead of after duration_s
+    window_s: float = 5.0
+    stable_windows: int = 3
+    tolerance: float = 0.10
+    max_step_s: float = 60.0
+    timeout_s: float = 120.0  # per request
+    slo: list = field(default_factory=list)
+    stop_at_slo: bool = True
+    stop_on_plateau: bool = True
+    plateau_gain: float = 0.05
+    soak: bool = False  # constant memory: histograms, not every sample
+    lora: str | None = None
+    metrics_url: str | None = None
+    seed: int = 0
+    probe_every_s: float = 1.0
+    probe_timeout_s: float = 2.0
+
+
+@dataclass
+class RunResult:
+    steps: list[StepResult]
+    status: str  # "ok", "failed" (server died / stopped answering) or "interrupted" (Ctrl-C)
+    message: str = ""
+    t0: float = 0.0
+    started_at: float = 0.0  # wall clock (time.time) at t0
+    stop_reason: str = ""  # why a sweep ended early
+
+
+class Stop(Exception):
+    pass
+
+
+class Runner:
+    def __init__(self, client: StreamClient, workload: Workload, spec: RunSpec,
+                 on_progress: Callable[[dict], None] | None = None):
+        self.client, self.workload, self.spec = client, workload, spec
+        self.on_progress = on_progress or (lambda info: None)
+        self.stop = asyncio.Event()
+        self.status, self.message = "ok", ""
+        self.next_index = 0
+        self.inflight: set[asyncio.Task] = set()
+        self.counts = {"sent": 0, "done": 0, "ok": 0, "failed": 0}
+
+    # -- the whole run --------------------------------------------------------------------------
+
+    async def run(self) -> RunResult:
+        await self.client.check()  # unreachable / unknown model: a clear error before anything runs
+        loop = asyncio.get_running_loop()
+        t0, wall = time.perf_counter(), time.time()
+        result = RunResult([], "ok", t0=t0, started_at=wall)
+        try:
+            loop.add_signal_handler(signal.SIGINT, self.halt, "interrupted", "interrupted by Ctrl-C")
+        except (NotImplementedError, RuntimeError):  # not the main thread
+            pass
+        watchdog = asyncio.create_task(self._watchdog())
+        try:
+            best_rps = 0.0
+            for n, load in enumerate(self.spec.loads):
+                step = await self._step(load, n, t0)
+                result.steps.append(step)
+                if self.stop.is_set():
+                    break
+                if self.spec.sweep and n + 1 < len(self.spec.loads):
+                    if self.spec.stop_at_slo and step.slo_met is False:
+                        result.stop_reason = f"step {step.label} missed the SLO"
+                        break
+                    if self.spec.stop_on_plateau and n > 0 and step.rps < best_rps * (1 + self.spec.plateau_gain):
+                        result.stop_reason = (f"throughput stopped growing at {step.label} "
+                                              f"({step.rps:.2f} req/s vs best {best_rps:.2f})")
+                        break
+                best_rps = max(best_rps, step.rps)
+        finally:
+            watchdog.cancel()
+            try:
+                loop.remove_signal_handler(signal.SIGINT)
+            except (NotImplementedError, RuntimeError):
+                pass
+        result.status, result.message = self.status, self.message
+        return result
+
+    def halt(self, status: str, message: str) -> None:
+        if not self.stop.is_set():
+            self.status, self.message = status, message
+            self.stop.set()
+
+    async def _watchdog(self) -> None:
+        """Probe the server every second; two failed probes in a row (or one refused) stop the run."""
+        misses = 0
+        while not self.stop.is_set():
+            await asyncio.sleep(self.spec.probe_every_s)
+            try:
+                await asyncio.wait_for(self.client.check(), self.spec.probe_timeout_s)
+                misses = 0
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:  # noqa: BLE001 - any failure to answer counts
+                misses += 1
+                if isinstance(err, Unreachable) or misses >= 2:
+                    what = "is unreachable" if isinstance(err, Unreachable) else "stopped answering"
+                    self.halt("failed", f"the server {what} mid-run: {err or type(err).__name__}")
+
+    # -- one step -------------------------------------------------------------------------------
+
+    async def _step(self, load: Load, n: int, t0: float) -> StepResult:
+        spec = self.spec
+        before = await asyncio.to_thread(server_metrics.scrape, spec.metrics_url)
+        cpu0 = time.process_time()
+        start = time.perf_counter()
+        measure_from = start + spec.warmup_s
+        if spec.sweep:
+            hard_end = measure_from + spec.max_step_s
+        elif spec.duration_s is not None:
+            hard_end = measure_from + spec.duration_s
+        else:
+            hard_end = float("inf")
+        self.step_end = hard_end
+        agg = Aggregator(spec.slo, exact=not spec.soak)
+        kept: list[RequestRecord] = []
+        windows: list[stability.Window] = []
+
+        def finished(rec: RequestRecord) -> None:
+            self.counts["done"] += 1
+            self.counts["ok" if rec.ok else "failed"] += 1
+            if spec.soak:
+                if rec.intended >= measure_from:
+                    agg.add(rec)
+            else:
+                kept.append(rec)
+
+        ticker = asyncio.create_task(self._tick(load, n, start, measure_from, kept, windows))
+        try:
+            if load.open_loop:
+                await self._open_loop(load, n, start, finished)
+            else:
+                await self._closed_loop(load, finished)
+            await self._drain()
+        finally:
+            ticker.cancel()
+        end = min(self.step_end, time.perf_counter())
+        cpu = time.process_time() - cpu0
+        stable = None
+        measured_from = measure_from
+        if spec.sweep:
+            stable = stability.stable(windows, spec.stable_windows, spec.tolerance)
+            if stable:
+                measured_from = windows[-spec.stable_windows].start
+        if not spec.soak:
+            for rec in kept:
+                if measured_from <= rec.intended < end:
+                    agg.add(rec)
+        after = await asyncio.to_thread(server_metrics.scrape, spec.metrics_url)
+        result = agg.result(load.label, load.kind, load.value, measured_from, end)
+        result.stable, result.windows = stable, [w.to_dict(t0) for w in windows]
+        result.client_cpu_s = cpu
+        result.server_metrics = server_metrics.diff(before, after)
+        self._judge_client(result, load)
+        return result
+
+    async def _open_loop(self, load: Load, n: int, start: float, finished) -> None:
+        horizon = None if self.step_end == float("inf") else self.step_end - start
+        count = self.spec.requests if not self.spec.sweep else None
+        for off in offsets(load, horizon, count, seed=self.spec.seed + n):
+            if self.stop.is_set():
+                return
+            intended = start + off
+            if intended >= self.step_end:
+                return
+            delay = intended - time.perf_counter()
+            if delay > 0:
+                try:  # wakes early if the run is stopped
+                    await asyncio.wait_for(self.stop.wait(), delay)
+                    return
+                except TimeoutError:
+                    pass
+            if intended >= self.step_end:  # a sweep step may have ended while we slept
+                return
+            self._spawn(intended, finished)
+
+    async def _closed_loop(self, load: Load, finished) -> None:
+        budget = [self.spec.requests] if self.spec.requests and not self.spec.sweep else None
+
+        async def user() -> None:
+            while not self.stop.is_set() and time.perf_counter() < self.step_end:
+                if budget is not None:
+                    if budget[0] <= 0:
+                        return
+                    budget[0] -= 1
+                await self._request(time.perf_counter(), finished)
+
+        users = [asyncio.create_task(user()) for _ in range(int(load.value))]
+        stopper = asyncio.create_task(self.stop.wait())
+        try:
+            pending = set(users)
+            while pending and not self.stop.is_set():
+                _, pending = await asyncio.wait(pending | {stopper}, return_when=asyncio.FIRST_COMPLETED)
+                pending.discard(stopper)
+        finally:
+            stopper.cancel()
+            for u in users:
+                u.cancel()
+            await asyncio.gather(*users, return_exceptions=True)
+
+    def _spawn(self, intended: float, finished) -> None:
+        task = asyncio.create_task(self._request(intended, finished))
+        self.inflight.add(task)
+        task.add_done_callback(self.inflight.discard)
+
+    async def _drain(self) -> None:
+        """Let requests already sent finish (each has its own timeout) unless the run is stopping."""
+        stopper = asyncio.create_task(self.stop.wait())
+        try:
+            while self.inflight and not self.stop.is_set():
+                await asyncio.wait(self.inflight | {stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopper.cancel()
+        tasks = list(self.inflight)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _request(self, intended: float, finished) -> None:
+        i = self.next_index
+        self.next_index += 1
+        prompt, n_prompt, sampling = self.workload.request(i)
+        rec = RequestRecord(i, intended, max_tokens=sampling["max_tokens"], prompt_tokens=n_prompt)
+        rec.sent = time.perf_counter()
+        self.counts["sent"] += 1
+        try:
+            async with asyncio.timeout(self.spec.timeout_s):
+                async for chunk in self.client.stream(prompt, sampling, self.spec.lora, str(i)):
+                    rec.observe(chunk)
+            if rec.done is None:
+                rec.done = rec.chunks[-1] if rec.chunks else time.perf_counter()
+        except TimeoutError:
+            rec.fail("timeout", f"no complete answer within {self.spec.timeout_s:g} s", time.perf_counter())
+        except asyncio.CancelledError:
+            rec.fail("unfinished", "still running when the run stopped", time.perf_counter())
+        except RequestError as err:
+            rec.fail(error_kind(err), err.message, time.perf_counter())
+        except Unreachable as err:
+            rec.fail(error_kind(err), err.message, time.perf_counter())
+            self.halt("failed", f"the server became unreachable mid-run: {err.message}")
+        except Exception as err:  # noqa: BLE001 - recorded, never dropped
+            rec.fail(error_kind(err), str(err), time.perf_counter())
+        finished(rec)
+
+    async def _tick(self, load: Load, n: int, start: float, measure_from: float,
+                    kept: list, windows: list) -> None:
+        """Progress for the display; for sweeps, the stability windows that may end the step."""
+        next_window = measure_from + self.spec.window_s
+        while True:
+            await asyncio.sleep(0.25)
+            now = time.perf_counter()
+            if self.spec.sweep and now >= next_window:
+                windows.append(stability.window(kept, next_window - self.spec.window_s, next_window))
+                next_window += self.spec.window_s
+                if stability.stable(windows, self.spec.stable_windows, self.spec.tolerance):
+                    self.step_end = now
+            total = (self.step_end - start) if self.step_end != float("inf") else None
+            self.on_progress({"step": n, "steps": len(self.spec.loads), "label": load.label,
+                              "elapsed_s": now - start, "planned_s": total, "inflight": len(self.inflight),
+                              **self.counts})
+
+    def _judge_client(self, result: StepResult, load: Load) -> None:
+        """Say plainly when the client could not keep the schedule."""
+        period = result.end - result.start
+        cpu = f"client CPU {result.client_cpu_s / period:.0%} of one core" if period > 0 and result.client_cpu_s is not None else ""
+        if not load.open_loop:
+            result.client_note = cpu
+            return
+        lag = result.summaries["send_lag"].p99
+        behind = result.send_rate < 0.95 * load.value and result.sent >= 20
+        if (lag is not None and lag > CLIENT_LAG_LIMIT_S) or behind:
+            result.client_limited = True
+            result.client_note = (f"CLIENT-LIMITED: the load generator could not keep the schedule "
+                                  f"(p99 send lag {lag * 1000:.1f} ms, {result.send_rate:.1f} of "
+                                  f"{load.value:g} req/s started; {cpu}). These numbers describe the client, "
+                                  f"not the server.")
+        else:
+            result.client_note = f"schedule kept (p99 send lag {(lag or 0) * 1000:.2f} ms; {cpu})"
