@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tritonkit.catalog import RANDOM_WEIGHTS_MARKER, Architecture, ModelSpec, safetensors_header
-from tritonkit.errors import UsageError
+from tritonkit.errors import TritonkitError, UsageError
 
 NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)   # vLLM's allowed max_lora_rank values
@@ -203,7 +203,11 @@ def merge(base_source: str, adapter: Adapter, out: Path) -> None:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    base = AutoModelForCausalLM.from_pretrained(base_source, dtype="auto")
+    try:
+        base = AutoModelForCausalLM.from_pretrained(base_source, dtype="auto")
+    except (OSError, ValueError) as err:  # gated, offline, or not a causal LM
+        raise TritonkitError(f"cannot load the base model {base_source} to merge into: "
+                             f"{str(err).splitlines()[0]}") from None
     merged = PeftModel.from_pretrained(base, str(adapter.path)).merge_and_unload()
     merged.save_pretrained(out, safe_serialization=True)
     # A fine-tune that added tokens ships its tokenizer with the adapter.

@@ -95,6 +95,8 @@ def weight_bytes(a: Architecture, dtype: str, quantization: str | None) -> tuple
     n, b = a.num_parameters, DTYPE_BYTES[dtype]
     if quantization is None:
         return n * b, f"{n:,} params × {b} B ({dtype})"
+    if quantization not in QUANT_METHODS:  # a checkpoint's own method we have no formula for
+        return n * b, f"{n:,} params × {b} B ({quantization} counted as unquantised: an upper bound)"
     emb = embedding_parameters(a)
     rest = n - emb
     if quantization == "fp8":
