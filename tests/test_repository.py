@@ -170,3 +170,24 @@ def test_load_build_needs_one_model_or_a_name(tiny_model, tritonkit_home, tmp_pa
     assert repository.load_build(repo, "two")["model_name"] == "two"
     with pytest.raises(UsageError, match="no tritonkit build of model 'three'"):
         repository.load_build(repo, "three")
+
+
+@pytest.mark.parametrize("adapters", [(), ("a", "b")])
+def test_vllm_accepts_the_engine_arguments(tiny_model, tiny_adapters, tritonkit_home, tmp_path, monkeypatch,
+                                           adapters):
+    """vLLM turns model.json into its engine config (no engine is started), with build.json's env."""
+    from vllm.engine.arg_utils import AsyncEngineArgs
+
+    target = build(tiny_model, tmp_path / "repo", adapters=tuple(f"{n}={tiny_adapters[n]}" for n in adapters))
+    record = repository.load_build(tmp_path / "repo")
+    for key, value in record["runtime_env"].items():
+        monkeypatch.setenv(key, value)
+    config = AsyncEngineArgs(**json.loads((target / "1" / "model.json").read_text())).create_engine_config()
+    plan = record["plan"]
+    assert config.model_config.max_model_len == plan["max_model_len"]
+    assert config.scheduler_config.max_num_seqs == plan["max_num_seqs"]
+    # The planner's activation estimate assumes vLLM's default step for an engine behind a server.
+    assert config.scheduler_config.max_num_batched_tokens == plan["step_tokens"]
+    assert config.cache_config.kv_cache_memory_bytes == plan["kv_cache_bytes"]
+    if adapters:
+        assert (config.lora_config.max_lora_rank, config.lora_config.max_loras) == (16, 2)
