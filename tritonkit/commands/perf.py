@@ -1,3 +1,61 @@
-"""`tritonkit perf` commands (click only; the work is in the library)."""
+"""`tritonkit perf` (click only; the work is in tritonkit.perf)."""
 
-COMMANDS: list = []
+from __future__ import annotations
+
+import json
+
+import click
+
+from tritonkit.errors import Interrupted, ServerError
+
+
+@click.command()
+@click.option("--repository", "-r", default=None, help="Model repository from `tritonkit build` (reads build.json: model, GPU price, tokenizer).")
+@click.option("--model", "-m", default=None, help="Model name on the server (default: the build's).")
+@click.option("--url", default=None, help="Server address (default: 127.0.0.1:8001 grpc, :8000 http/openai).")
+@click.option("--protocol", type=click.Choice(["grpc", "http", "openai"]), default="grpc", show_default=True)
+@click.option("--preset", default=None, help="Workload preset from perf/presets (classification, chat) or a JSON file.")
+@click.option("--rate", default=None, help="Constant request rate (req/s); a list (1,2,4) or range (2:10:2) sweeps.")
+@click.option("--poisson", default=None, help="Poisson arrivals at this mean rate; a list or range sweeps.")
+@click.option("--concurrency", default=None, help="Closed loop: users sending back to back; a list or range sweeps.")
+@click.option("--duration", "duration_s", type=float, default=None, help="Seconds measured (single runs) [preset or 30].")
+@click.option("--requests", type=int, default=None, help="Send this many requests instead of running for a duration.")
+@click.option("--warmup", "warmup_s", type=float, default=None, help="Seconds before measuring [0; sweeps 2].")
+@click.option("--window", "window_s", type=float, default=5.0, show_default=True, help="Sweep stability window (s).")
+@click.option("--max-step", "max_step_s", type=float, default=60.0, show_default=True, help="Sweep step time cap (s).")
+@click.option("--input-tokens", type=int, default=None, help="Prompt length in tokens [preset or 100].")
+@click.option("--output-tokens", default=None, help="max_tokens: N, uniform:A:B or normal:MEAN:SD [preset or 16].")
+@click.option("--prompts", default=None, help="Your prompts: JSONL ({\"prompt\":..., \"max_tokens\":...}) or CSV.")
+@click.option("--tokenizer", default=None, help="Tokenizer folder for exact token counts (default: the build's model).")
+@click.option("--ignore-eos/--stop-at-eos", default=None, help="Send ignore_eos so outputs are exactly max_tokens [on].")
+@click.option("--lora", default=None, help="LoRA adapter name to send with each request.")
+@click.option("--slo", default=None, help="Latency SLO, e.g. 'e2e:p90<=1s,ttft:p99<=500ms'; sweeps stop when missed.")
+@click.option("--gpu", default=None, help="GPU profile for the price (overrides build.json).")
+@click.option("--price", type=float, default=None, help="Server price in USD per hour (overrides --gpu).")
+@click.option("--api-prices", default=None, help="JSON file of API prices (default: tritonkit/data/api_prices.json).")
+@click.option("--timeout", "timeout_s", type=float, default=120.0, show_default=True, help="Per-request timeout (s).")
+@click.option("--metrics-url", default=None, help="Prometheus endpoint to scrape before/after ('none' to skip) [host:8002].")
+@click.option("--soak", is_flag=True, help="Long run in constant memory (histograms, last 1000 samples kept).")
+@click.option("--out", default=None, help="Output directory [perf-results/<model>-<time>].")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
+@click.option("--seed", type=int, default=0, show_default=True)
+def perf(as_json: bool, **options) -> None:
+    """Load-test a running server over streaming; report latency, throughput and cost."""
+    from tritonkit.perf import session
+    from tritonkit.perf.live import Live, print_summary
+
+    plan = session.resolve(session.Options(**options))
+    with Live(quiet=False, every_s=30.0 if plan.spec.soak else 10.0) as live:
+        doc, files, result = session.execute(plan, live)
+    if as_json:
+        click.echo(json.dumps(doc, indent=1, default=str))
+    else:
+        print_summary(doc, files)
+    where = f"partial results in {plan.out_dir}" if files else "nothing was measured"
+    if result.status == "interrupted":
+        raise Interrupted(f"run interrupted: {result.message}", where)
+    if result.status == "failed":
+        raise ServerError(f"run failed: {result.message}", where)
+
+
+COMMANDS = [perf]

@@ -1,0 +1,215 @@
+"""From options (CLI or Python) to a finished run: presets, build.json, validation, run, files.
+
+`resolve(options)` turns loose options into a Plan (raising UsageError on anything wrong, before
+any traffic); `execute(plan)` runs it and writes the output directory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+from tritonkit.errors import UsageError
+from tritonkit.perf import cost as cost_mod
+from tritonkit.perf import report, slo, summary
+from tritonkit.perf.runner import RunResult, Runner, RunSpec
+from tritonkit.perf.schedules import Load, parse_values
+from tritonkit.perf.workload import Workload, corpus_prompts, load_prompt_file, load_tokenizer, parse_output_length
+
+PRESETS_DIR = Path(__file__).resolve().parents[2] / "perf" / "presets"
+API_PRICES = Path(__file__).resolve().parent.parent / "data" / "api_prices.json"
+
+
+@dataclass
+class Options:
+    repository: str | None = None
+    model: str | None = None
+    url: str | None = None
+    protocol: str = "grpc"
+    preset: str | None = None
+    rate: str | None = None  # one value, or a list/range for a sweep
+    poisson: str | None = None
+    concurrency: str | None = None
+    duration_s: float | None = None
+    requests: int | None = None
+    warmup_s: float | None = None
+    window_s: float = 5.0
+    max_step_s: float = 60.0
+    input_tokens: int | None = None
+    output_tokens: str | None = None
+    prompts: str | None = None
+    tokenizer: str | None = None
+    ignore_eos: bool | None = None
+    lora: str | None = None
+    slo: str | None = None
+    gpu: str | None = None
+    price: float | None = None
+    api_prices: str | None = None
+    timeout_s: float = 120.0
+    metrics_url: str | None = None
+    soak: bool = False
+    out: str | None = None
+    seed: int = 0
+
+
+@dataclass
+class Plan:
+    model: str
+    url: str | None
+    protocol: str
+    spec: RunSpec
+    workload: Workload
+    price: dict | None
+    api_prices: list
+    bounds: list
+    out_dir: Path
+    meta: dict = field(default_factory=dict)
+
+
+def presets() -> dict[str, Path]:
+    return {p.stem: p for p in sorted(PRESETS_DIR.glob("*.json"))}
+
+
+def load_preset(name: str) -> dict:
+    path = Path(name)
+    if not path.is_file():
+        found = presets()
+        if name not in found:
+            raise UsageError(f"unknown preset {name!r}", f"use one of: {', '.join(found) or 'none found'}, or a JSON file")
+        path = found[name]
+    try:
+        return json.loads(path.read_text())
+    except ValueError as err:
+        raise UsageError(f"preset {path} is not valid JSON: {err}") from None
+
+
+def _loads(opts: Options, preset: dict) -> tuple[list[Load], bool]:
+    given = {k: v for k, v in (("rate", opts.rate), ("poisson", opts.poisson), ("concurrency", opts.concurrency)) if v}
+    if len(given) > 1:
+        raise UsageError("give only one of --rate, --poisson and --concurrency")
+    if not given:
+        given = {k: str(v) for k, v in preset.get("load", {}).items()}
+    if not given:
+        raise UsageError("no load given", "pass --rate, --poisson or --concurrency (or a --preset)")
+    kind, text = next(iter(given.items()))
+    kind = "concurrency" if kind == "concurrency" else kind
+    values = parse_values(str(text))
+    return [Load(kind, v) for v in values], len(values) > 1
+
+
+def _build_record(opts: Options) -> dict | None:
+    if not opts.repository:
+        return None
+    from tritonkit.repository import load_build
+
+    return load_build(opts.repository, opts.model)
+
+
+def _price(opts: Options, build: dict | None) -> dict | None:
+    if opts.price is not None:
+        if opts.price <= 0:
+            raise UsageError("--price must be positive (USD per hour)")
+        return {"price_per_hour": opts.price, "source": "--price", "gpu": opts.gpu}
+    if opts.gpu:
+        from tritonkit.gpus import get_profile
+
+        prof = get_profile(opts.gpu)
+        return {"price_per_hour": prof.price_per_hour, "source": f"GPU profile {prof.name} ({prof.instance})", "gpu": prof.name}
+    if build and build.get("gpu", {}).get("price_per_hour"):
+        g = build["gpu"]
+        return {"price_per_hour": g["price_per_hour"], "source": f"build.json GPU profile {g.get('profile')} ({g.get('instance')})",
+                "gpu": g.get("profile")}
+    return None
+
+
+def _metrics_url(opts: Options) -> str | None:
+    if opts.metrics_url:
+        return None if opts.metrics_url == "none" else opts.metrics_url
+    if opts.protocol == "openai":
+        base = (opts.url or "http://127.0.0.1:8000").rstrip("/").removesuffix("/v1")
+        return base + "/metrics"  # vLLM's own server publishes vllm:* here
+    host = urlparse("//" + (opts.url or "127.0.0.1").split("://")[-1]).hostname or "127.0.0.1"
+    return f"http://{host}:8002/metrics"
+
+
+def resolve(opts: Options, say=lambda m: print(m, file=sys.stderr)) -> Plan:
+    from tritonkit.client import PROTOCOLS
+
+    if opts.protocol not in PROTOCOLS:
+        raise UsageError(f"unknown protocol {opts.protocol!r}", f"use one of: {', '.join(PROTOCOLS)}")
+    preset = load_preset(opts.preset) if opts.preset else {}
+    loads, is_sweep = _loads(opts, preset)
+    for name, value in (("--duration", opts.duration_s), ("--timeout", opts.timeout_s), ("--window", opts.window_s),
+                        ("--max-step", opts.max_step_s)):
+        if value is not None and value <= 0:
+            raise UsageError(f"{name} must be positive, got {value:g}")
+    if opts.requests is not None and opts.requests < 1:
+        raise UsageError(f"--requests must be at least 1, got {opts.requests}")
+    if opts.warmup_s is not None and opts.warmup_s < 0:
+        raise UsageError("--warmup cannot be negative")
+    bounds = slo.parse(opts.slo if opts.slo is not None else preset.get("slo"))
+    build = _build_record(opts)
+    model = opts.model or (build or {}).get("model_name")
+    if not model:
+        raise UsageError("no model named", "pass --model, or --repository with a tritonkit build")
+    # Workload.
+    tok_path = opts.tokenizer
+    if tok_path is None and build:
+        src = build.get("model", {}).get("source")
+        tok_path = src if src and Path(src).is_dir() else None
+    tokenizer = load_tokenizer(tok_path) if tok_path else None
+    if tokenizer is None:
+        say("perf: no tokenizer (pass --tokenizer or --repository): prompt lengths are in words, not exact tokens")
+    out_spec = parse_output_length(opts.output_tokens or preset.get("output_tokens", "16"))
+    ignore_eos = opts.ignore_eos if opts.ignore_eos is not None else preset.get("ignore_eos", True)
+    sampling = {"ignore_eos": True} if ignore_eos else {}
+    n_prompts = opts.requests or 2000
+    if opts.prompts:
+        prompts, per_row = load_prompt_file(opts.prompts, tokenizer)
+        workload = Workload(prompts, out_spec if opts.output_tokens else None, per_row, sampling, opts.prompts, opts.seed)
+    else:
+        n_in = opts.input_tokens or preset.get("input_tokens", 100)
+        workload = Workload(corpus_prompts(tokenizer, n_prompts, int(n_in), opts.seed), out_spec, [], sampling,
+                            f"shipped corpus, {n_in} input tokens" + ("" if tokenizer else " (approximate: words)"),
+                            opts.seed)
+    duration = opts.duration_s or (None if opts.requests else preset.get("duration_s", 30.0))
+    spec = RunSpec(loads=loads, duration_s=duration, requests=opts.requests,
+                   warmup_s=opts.warmup_s if opts.warmup_s is not None else (2.0 if is_sweep else 0.0),
+                   sweep=is_sweep, window_s=opts.window_s, max_step_s=opts.max_step_s, timeout_s=opts.timeout_s,
+                   slo=bounds, soak=opts.soak, lora=opts.lora, metrics_url=_metrics_url(opts), seed=opts.seed)
+    price = _price(opts, build)
+    api_path = Path(opts.api_prices) if opts.api_prices else API_PRICES
+    try:
+        api = cost_mod.parse_prices(json.loads(api_path.read_text()))
+    except (OSError, ValueError, KeyError) as err:
+        raise UsageError(f"cannot read API prices from {api_path}: {err}") from None
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    out_dir = Path(opts.out) if opts.out else Path("perf-results") / f"{model}-{stamp}"
+    meta = {"model": model, "url": opts.url, "protocol": opts.protocol, "preset": opts.preset,
+            "load": ", ".join(l.label for l in loads) + (" (sweep)" if is_sweep else ""),
+            "duration_s": duration, "requests": opts.requests, "workload": workload.describe(),
+            "gpu": (price or {}).get("gpu"), "price": price, "lora": opts.lora, "soak": opts.soak}
+    return Plan(model, opts.url, opts.protocol, spec, workload, price, api, bounds, out_dir, meta)
+
+
+async def _run(plan: Plan, on_progress) -> RunResult:
+    from tritonkit.client import open_client
+
+    client = open_client(plan.protocol, plan.url, plan.model)
+    try:
+        return await Runner(client, plan.workload, plan.spec, on_progress).run()
+    finally:
+        await client.close()
+
+
+def execute(plan: Plan, on_progress=None) -> tuple[dict, dict, RunResult]:
+    """Run the plan, write its files; returns (summary document, files, raw result)."""
+    result = asyncio.run(_run(plan, on_progress))
+    doc = summary.build(result, plan.meta, plan.bounds, plan.price, plan.api_prices)
+    files = report.write(plan.out_dir, doc, result, plan.bounds) if result.steps else {}
+    return doc, files, result
