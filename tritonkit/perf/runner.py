@@ -198,14 +198,11 @@ class Runner:
             if intended >= self.step_end:
                 return
             delay = intended - time.perf_counter()
-            if delay > 0:
-                try:  # wakes early if the run is stopped
-                    await asyncio.wait_for(self.stop.wait(), delay)
+            while delay > 0:  # plain sleeps (cheap), at most 0.5 s each so a stop is seen quickly
+                await asyncio.sleep(min(delay, 0.5))
+                if self.stop.is_set() or intended >= self.step_end:
                     return
-                except TimeoutError:
-                    pass
-            if intended >= self.step_end:  # a sweep step may have ended while we slept
-                return
+                delay = intended - time.perf_counter()
             self._spawn(intended, finished)
 
     async def _closed_loop(self, load: Load, finished) -> None:

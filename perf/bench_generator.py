@@ -1,0 +1,91 @@
+"""How fast is the load generator itself? Measured against the ground-truth model on real Triton.
+
+Prints:
+  - for each open-loop rate tried: p99 send lag, the share of the schedule kept, client CPU;
+  - the highest rate with p99 send lag < 5 ms (and all requests started on time);
+  - client CPU seconds per 1,000 streamed requests (process CPU time: asyncio loop + gRPC threads).
+
+The ground-truth model answers with K chunks (default 4) after 5 ms, 5 ms apart, so each
+request is a real stream through Triton's gRPC frontend and Python backend. Triton runs on the
+same machine and competes for its cores: on a 2-core box the numbers are a lower bound.
+
+    .venv/bin/python perf/bench_generator.py [--rates 200,400,800,1000,1200] [--seconds 5] [--protocol grpc]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import time
+from pathlib import Path
+
+from tritonkit.client import open_client
+from tritonkit.perf.runner import Runner, RunSpec
+from tritonkit.perf.schedules import Load, parse_values
+from tritonkit.perf.workload import Workload
+from tritonkit.runtime.local import LocalServer
+from tritonkit.runtime.spec import ServerSpec, free_port
+
+REPO = Path(__file__).resolve().parent / "ground_truth_repo"
+
+
+async def one_rate(protocol: str, url: str, rate: float, seconds: float, chunks: int) -> dict:
+    client = open_client(protocol, url, "ground_truth")
+    workload = Workload([(f"prompt {i} " + "word " * 20, None) for i in range(100)], None,
+                        [chunks] * 100, {"gt_first_delay_ms": 5, "gt_gap_ms": 5})
+    spec = RunSpec([Load("rate", rate)], duration_s=seconds, timeout_s=30, probe_every_s=5, probe_timeout_s=5)
+    try:
+        await client.check()
+        # Warm the channel so connection setup is not counted.
+        async for _ in client.stream("warm", {"max_tokens": 1}):
+            pass
+        cpu0, t0 = time.process_time(), time.perf_counter()
+        result = await Runner(client, workload, spec).run()
+        cpu, wall = time.process_time() - cpu0, time.perf_counter() - t0
+    finally:
+        await client.close()
+    step = result.steps[0]
+    lag = step.summaries["send_lag"]
+    return {"rate": rate, "sent": step.sent, "ok": step.ok, "failed": step.failed, "errors": step.errors,
+            "send_rate": step.send_rate, "lag_p50_ms": (lag.p50 or 0) * 1000, "lag_p99_ms": (lag.p99 or 0) * 1000,
+            "cpu_s": cpu, "wall_s": wall, "cpu_per_1000": cpu / max(1, step.sent) * 1000,
+            "e2e_p50_ms": (step.summaries["e2e"].p50 or 0) * 1000, "rps": step.rps}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rates", default="200,400,600,800,1000,1200")
+    ap.add_argument("--seconds", type=float, default=5.0)
+    ap.add_argument("--chunks", type=int, default=4)
+    ap.add_argument("--protocol", default="grpc", choices=["grpc", "http"])
+    args = ap.parse_args()
+    spec = ServerSpec(repository=REPO, name=f"bench{os.getpid()}", http_port=free_port(),
+                      grpc_port=free_port(), metrics_port=free_port())
+    rows = []
+    with LocalServer(spec) as server:
+        server.wait_ready(["ground_truth"], 120)
+        url = spec.grpc_url if args.protocol == "grpc" else spec.http_url
+        for rate in parse_values(args.rates):
+            row = asyncio.run(one_rate(args.protocol, url, rate, args.seconds, args.chunks))
+            rows.append(row)
+            print(f"rate {rate:7.0f}/s: sent {row['sent']:6d} ok {row['ok']:6d} failed {row['failed']:4d} "
+                  f"started {row['send_rate']:7.1f}/s  lag p50 {row['lag_p50_ms']:6.2f} ms p99 {row['lag_p99_ms']:7.2f} ms  "
+                  f"e2e p50 {row['e2e_p50_ms']:6.1f} ms  client CPU {row['cpu_s'] / row['wall_s']:4.0%} "
+                  f"= {row['cpu_per_1000']:.3f} s per 1000 req {row['errors'] or ''}", flush=True)
+    good = [r for r in rows if r["lag_p99_ms"] < 5 and r["send_rate"] >= 0.95 * r["rate"] and r["failed"] == 0]
+    best = max(good, key=lambda r: r["rate"], default=None)
+    print()
+    print(f"machine: {os.cpu_count()} cores; protocol {args.protocol}; {args.chunks} chunks per request; "
+          f"{args.seconds:g} s per rate; Triton on the same machine")
+    if best:
+        print(f"highest open-loop rate with p99 send lag < 5 ms: {best['rate']:g} req/s "
+              f"(p99 lag {best['lag_p99_ms']:.2f} ms)")
+    else:
+        print("no rate kept p99 send lag under 5 ms")
+    ref = best or rows[0]
+    print(f"client CPU per 1,000 streamed requests: {ref['cpu_per_1000']:.3f} s (at {ref['rate']:g} req/s)")
+
+
+if __name__ == "__main__":
+    main()
