@@ -1,0 +1,211 @@
+"""tritonkit perf against ground truth: a real Triton serving a model with known timings.
+
+The model streams max_tokens chunks: the first FIRST ms after the request reaches it, the rest
+GAP ms apart. So TTFT = FIRST, ITL = TPOT = GAP, E2E = FIRST + (K - 1) * GAP, plus the path
+through the client, gRPC and Triton's Python backend (a few ms here). Stated tolerances:
+  median TTFT and E2E: known value + [0, 10 ms]; p99: + 25 ms (two shared cores in CI)
+  median ITL: GAP +- 3 ms; mean TPOT: GAP +- 2 ms
+Also the failure paths of the CLI: server killed mid-run, Ctrl-C, bad flags.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tritonkit.client import open_client
+from tritonkit.perf import slo
+from tritonkit.perf.runner import Runner, RunSpec
+from tritonkit.perf.schedules import Load
+from tritonkit.perf.workload import Workload, corpus_prompts, parse_output_length
+from tritonkit.runtime.local import LocalServer
+from tritonkit.runtime.spec import ServerSpec, free_port
+
+REPO = Path(__file__).resolve().parent.parent / "perf" / "ground_truth_repo"
+FIRST, GAP, K = 0.050, 0.020, 5
+E2E = FIRST + (K - 1) * GAP
+MEDIAN_TOL, P99_TOL = 0.010, 0.025
+
+
+def _start(name: str) -> LocalServer:
+    spec = ServerSpec(repository=REPO, name=f"{name}-{os.getpid()}", http_port=free_port(),
+                      grpc_port=free_port(), metrics_port=free_port())
+    server = LocalServer(spec)
+    server.start()
+    server.wait_ready(["ground_truth"], 120)
+    return server
+
+
+@pytest.fixture(scope="module")
+def server():
+    s = _start("perf-gt")
+    yield s
+    s.stop()
+
+
+def _run(server, loads, protocol="grpc", **spec_kw):
+    workload = Workload(corpus_prompts(None, 200, 20), parse_output_length(K),
+                        sampling={"gt_first_delay_ms": FIRST * 1000, "gt_gap_ms": GAP * 1000})
+    url = server.spec.grpc_url if protocol == "grpc" else server.spec.http_url
+
+    async def go():
+        client = open_client(protocol, url, "ground_truth")
+        try:
+            return await Runner(client, workload, RunSpec(loads, metrics_url=server.spec.metrics_url, **spec_kw)).run()
+        finally:
+            await client.close()
+
+    return asyncio.run(go())
+
+
+def _check_timing(step):
+    s = step.summaries
+    assert FIRST <= s["ttft"].p50 <= FIRST + MEDIAN_TOL, s["ttft"]
+    assert s["ttft"].p99 <= FIRST + P99_TOL, s["ttft"]
+    assert E2E <= s["e2e"].p50 <= E2E + MEDIAN_TOL, s["e2e"]
+    assert s["e2e"].p99 <= E2E + P99_TOL, s["e2e"]
+    assert s["itl"].p50 == pytest.approx(GAP, abs=0.003), s["itl"]
+    assert s["tpot"].mean == pytest.approx(GAP, abs=0.002), s["tpot"]
+    assert s["itl"].count == step.ok * (K - 1)
+    assert step.output_tokens == step.ok * K and step.output_mismatch == 0
+    for r in step.samples:  # per request: latency >= TTFT, chunk times ordered
+        assert r.e2e >= r.ttft > 0 and r.chunks == sorted(r.chunks)
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_constant_rate_matches_ground_truth(server, protocol):
+    rate, duration = 20, 3.0
+    result = _run(server, [Load("rate", rate)], protocol, duration_s=duration)
+    assert result.status == "ok"
+    (step,) = result.steps
+    assert step.sent == math.ceil(rate * duration) == step.ok  # rate x duration, every one answered
+    assert abs(step.sent - rate * duration) <= 1
+    assert not step.client_limited and step.summaries["send_lag"].p99 < 0.005
+    _check_timing(step)
+    assert step.server_metrics["delta"]  # nv_inference_* scraped before and after
+    successes = [v for k, v in step.server_metrics["delta"].items() if k.startswith("nv_inference_request_success")]
+    assert successes == [step.sent]
+
+
+def test_concurrency_matches_ground_truth(server):
+    result = _run(server, [Load("concurrency", 4)], requests=48)
+    (step,) = result.steps
+    assert step.sent == step.ok == 48
+    _check_timing(step)
+    # Closed loop: each user waits for its answer, so throughput = users / E2E (within 10%).
+    assert step.rps == pytest.approx(4 / step.summaries["e2e"].mean, rel=0.10)
+    assert step.summaries["send_lag"].max < 0.005
+
+
+def test_poisson_and_sweep_with_slo(server):
+    result = _run(server, [Load("poisson", 10), Load("poisson", 20), Load("poisson", 40)], sweep=True,
+                  warmup_s=0.3, window_s=0.5, max_step_s=2.5, slo=slo.parse(f"e2e:p90<={int((E2E + 0.02) * 1000)}ms"))
+    assert result.status == "ok" and len(result.steps) == 3
+    for step in result.steps:
+        assert step.ok > 0 and step.failed == 0 and step.slo_met is True and step.stable is not None
+        _check_timing(step)
+    assert result.steps[2].rps > result.steps[0].rps * 2
+
+
+# -- the CLI --------------------------------------------------------------------------------------
+
+def _cli(*args, **kw) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "tritonkit", "perf", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kw)
+
+
+def test_cli_run_writes_every_file(server, tmp_path):
+    out = tmp_path / "out"
+    p = _cli("-m", "ground_truth", "--url", server.spec.grpc_url, "--rate", "10", "--duration", "2",
+             "--output-tokens", str(K), "--price", "1.624", "--slo", "e2e:p90<=1s", "--json", "--out", str(out))
+    stdout, stderr = p.communicate(timeout=60)
+    assert p.returncode == 0, stderr
+    doc = json.loads(stdout)
+    assert doc["status"] == "ok" and doc["steps"][0]["sent"] == 20 and doc["best_step"] == "10 req/s"
+    assert doc["cost"]["per_1k_tokens"] > 0 and doc["cost"]["api"]
+    for name in ("results.json", "steps.csv", "requests.csv", "report.md", "report.html",
+                 "latency_vs_throughput.png", "ttft_distribution.png"):
+        assert (out / name).stat().st_size > 0, name
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--rate", "-1"], "rate must be a positive number"),
+    (["--rate", "5", "--concurrency", "2"], "only one of"),
+    (["--preset", "nope"], "unknown preset 'nope'"),
+    (["--rate", "5", "--slo", "e2e:p42<1"], "unknown SLO statistic"),
+    (["--rate", "5", "--prompts", "EMPTY"], "holds no prompts"),
+    (["--rate", "5", "--duration", "0"], "--duration must be positive"),
+    (["--rate", "1:"], "cannot read"),
+])
+def test_bad_flags_are_one_line_errors(tmp_path, args, needle):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    args = [str(empty) if a == "EMPTY" else a for a in args]
+    p = _cli("-m", "m", "--url", f"127.0.0.1:{free_port()}", "--out", str(tmp_path / "o"), *args)
+    stdout, stderr = p.communicate(timeout=60)
+    assert p.returncode == 2, stderr
+    lines = [l for l in stderr.splitlines() if l.startswith("error:")]
+    assert len(lines) == 1 and needle in lines[0], stderr
+    assert "Traceback" not in stderr and not (tmp_path / "o").exists()
+
+
+def test_unreachable_at_start(tmp_path):
+    port = free_port()
+    p = _cli("-m", "m", "--url", f"127.0.0.1:{port}", "--rate", "5", "--duration", "1", "--out", str(tmp_path / "o"))
+    _, stderr = p.communicate(timeout=60)
+    assert p.returncode == 4
+    assert f"cannot reach Triton gRPC at 127.0.0.1:{port}" in stderr and "Traceback" not in stderr
+
+
+def _wait_for_progress(p: subprocess.Popen, seconds: float) -> None:
+    time.sleep(seconds)
+    assert p.poll() is None, p.communicate()
+
+
+def test_server_killed_mid_run(tmp_path):
+    own = _start("perf-kill")
+    out = tmp_path / "out"
+    try:
+        p = _cli("-m", "ground_truth", "--url", own.spec.grpc_url, "--rate", "10", "--duration", "60",
+                 "--output-tokens", str(K), "--out", str(out))
+        _wait_for_progress(p, 3.0)
+        killed = time.monotonic()
+        os.killpg(own.pid, signal.SIGKILL)
+        _, stderr = p.communicate(timeout=30)
+        stopped_after = time.monotonic() - killed
+    finally:
+        own.stop(timeout_s=5)
+    assert p.returncode == 4, stderr
+    assert stopped_after < 5.0, stopped_after  # "within a few seconds"
+    assert "run failed" in stderr and str(out) in stderr
+    doc = json.loads((out / "results.json").read_text())
+    step = doc["steps"][0]
+    assert doc["status"] == "failed" and step["ok"] >= 20  # what was measured is kept
+    assert step["ok"] + step["failed"] == step["sent"]
+    assert (out / "report.html").stat().st_size > 0
+
+
+def test_ctrl_c_keeps_results_and_exits_130(server, tmp_path):
+    out = tmp_path / "out"
+    p = _cli("-m", "ground_truth", "--url", server.spec.grpc_url, "--concurrency", "3", "--duration", "60",
+             "--output-tokens", str(K), "--out", str(out))
+    _wait_for_progress(p, 3.0)
+    sent = time.monotonic()
+    p.send_signal(signal.SIGINT)
+    _, stderr = p.communicate(timeout=30)
+    assert p.returncode == 130, stderr
+    assert time.monotonic() - sent < 5.0
+    assert "Traceback" not in stderr
+    doc = json.loads((out / "results.json").read_text())
+    step = doc["steps"][0]
+    assert doc["status"] == "interrupted" and step["ok"] > 10
+    assert step["ok"] + step["failed"] == step["sent"]
