@@ -22,9 +22,9 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from tritonkit.commands import build, perf, serve
+    from tritonkit.commands import build, generate, image, perf, serve
 
-    for module in (build, serve, perf):
+    for module in (build, serve, generate, perf, image):
         for command in module.COMMANDS:
             cli.add_command(command)
 

@@ -1,3 +1,138 @@
-"""`tritonkit serve` commands (click only; the work is in the library)."""
+"""`tritonkit serve`, `status`, `stop`, `runtime` and `generate` (click only; the work is in the library)."""
 
-COMMANDS: list = []
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from tritonkit.errors import Interrupted, ServerError
+
+
+def _say(message: str) -> None:
+    click.echo(message, err=True)
+
+
+@click.command()
+@click.option("--repository", "-r", type=click.Path(file_okay=False, path_type=Path), default="model_repository",
+              show_default=True, help="Model repository written by `tritonkit build`.")
+@click.option("--runtime", type=click.Choice(["auto", "docker", "local"]), default="auto", show_default=True,
+              help="auto: docker where an engine answers, else local.")
+@click.option("--name", default="tritonkit", show_default=True, help="Server name, for status/stop and several servers on one host.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address the ports are bound to.")
+@click.option("--http-port", default=8000, show_default=True)
+@click.option("--grpc-port", default=8001, show_default=True)
+@click.option("--metrics-port", default=8002, show_default=True)
+@click.option("--detach", "-d", is_flag=True, help="Return once ready and leave the server running.")
+@click.option("--timeout", "timeout_s", default=900.0, show_default=True, help="Seconds to wait for the models to load.")
+@click.option("--image", default=None, help="Docker image (default: tritonkit's pinned NGC vLLM image).")
+@click.option("--gpus", default="all", show_default=True, help="Docker --gpus value.")
+def serve(repository, runtime, name, host, http_port, grpc_port, metrics_port, detach, timeout_s, image, gpus):
+    """Start Triton on a model repository and wait until every model is ready."""
+    from rich.console import Console
+
+    from tritonkit import serving
+    from tritonkit.runtime.spec import ServerSpec
+
+    spec = ServerSpec(repository=repository.resolve(), name=name, host=host, http_port=http_port,
+                      grpc_port=grpc_port, metrics_port=metrics_port)
+    console = Console(stderr=True)
+    server = None
+    try:
+        with console.status("starting Triton") as status:
+            def progress(phase: str, elapsed: float) -> None:
+                status.update(f"{phase} ({elapsed:.0f} s)")
+
+            server, record = serving.start(spec, runtime, timeout_s, say=_say, on_progress=progress,
+                                           detach=detach, image=image, gpus=gpus)
+        click.echo(f"ready in {record.ready_s:.1f} s ({record.runtime} runtime): models {', '.join(record.models)}")
+        click.echo(f"  grpc    {record.grpc_url}\n  http    http://{record.http_url}\n"
+                   f"  metrics http://{host}:{metrics_port}/metrics")
+        if record.log_path:
+            click.echo(f"  log     {record.log_path}")
+        if detach:
+            click.echo(f"running in the background; stop it with `tritonkit stop --name {name}`")
+            return
+        click.echo("serving in the foreground; Ctrl-C stops the server", err=True)
+        serving.follow(server, record, lambda text: click.echo(text, err=True))
+    except KeyboardInterrupt:
+        if server is not None:
+            _say("stopping the server...")
+            server.stop()
+            from tritonkit.runtime import state
+
+            state.remove(name)
+        raise Interrupted("interrupted: the server was stopped", "run `tritonkit serve` again to restart it")
+
+
+@click.command()
+@click.option("--name", default=None, help="Only this server.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def status(name, as_json):
+    """Show the servers tritonkit started, and whether they answer."""
+    import json
+
+    from tritonkit import serving
+    from tritonkit.runtime import state
+    from tritonkit.runtime.health import http_status
+
+    records = [state.find(name)] if name else state.all_records()
+    rows = []
+    for r in records:
+        alive = serving.record_alive(r)
+        ready = alive and http_status(f"http://{r.http_url}/v2/health/ready") == 200
+        rows.append({"name": r.name, "runtime": r.runtime, "alive": alive, "ready": ready, "pid": r.pid,
+                     "grpc": r.grpc_url, "http": r.http_url, "models": r.models, "repository": r.repository,
+                     "uptime_s": round(time.time() - r.started_at, 1), "log": r.log_path})
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo("no tritonkit server is running")
+        return
+    for row in rows:
+        health = "ready" if row["ready"] else ("alive, not ready" if row["alive"] else "dead (stale record)")
+        click.echo(f"{row['name']}: {health}, {row['runtime']} runtime, grpc {row['grpc']}, http {row['http']}, "
+                   f"models {', '.join(row['models'])}, up {row['uptime_s']:.0f} s")
+
+
+@click.command()
+@click.option("--name", default=None, help="The server to stop (default: the only one running).")
+@click.option("--all", "stop_all", is_flag=True, help="Stop every server tritonkit started.")
+@click.option("--timeout", "timeout_s", default=30.0, show_default=True)
+def stop(name, stop_all, timeout_s):
+    """Stop a server and every process it started."""
+    from tritonkit import serving
+    from tritonkit.runtime import state
+
+    records = state.all_records() if stop_all else [state.find(name)]
+    for record in records:
+        serving.stop(record, timeout_s)
+        click.echo(f"stopped {record.name}")
+
+
+@click.command()
+@click.option("--install", "do_install", is_flag=True, help="Download and install the local Triton runtime now.")
+@click.option("--remove", "do_remove", is_flag=True, help="Remove the local Triton runtime.")
+def runtime(do_install, do_remove):
+    """Show (or install/remove) the local Triton runtime."""
+    from tritonkit.runtime import install
+
+    if do_remove:
+        click.echo("removed" if install.remove_triton() else "nothing to remove")
+        return
+    found = install.ensure_triton(_say) if do_install else install.find_triton()
+    if found is None:
+        click.echo(f"local Triton runtime: not installed (it will be installed in {install.runtime_root()} "
+                   "on the first `tritonkit serve`, or now with `tritonkit runtime --install`)")
+        return
+    info = found.info
+    click.echo(f"local Triton runtime: Triton {info['triton_version']} from {info['wheel']}")
+    click.echo(f"  root          {found.root}\n  server        {found.server_bin}\n"
+               f"  python stub   Python {info['python']} (stub numpy: {info['stub_numpy']})\n"
+               f"  engine python {sys.executable}")
+
+
+COMMANDS = [serve, status, stop, runtime]

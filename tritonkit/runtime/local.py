@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -118,8 +119,8 @@ class LocalServer:
         timeout_s = self.spec.exit_timeout_s + 15 if timeout_s is None else timeout_s
         stop_group(self.pid, timeout_s, self.proc)
 
-    def log_tail(self, lines: int = 25) -> str:
-        return log_tail(self.log_path, lines)
+    def log_tail(self, lines: int = 12) -> str:
+        return relevant_log_lines(self.log_path, lines)
 
     def __enter__(self) -> "LocalServer":
         self.start()
@@ -194,6 +195,23 @@ def stop_group(pgid: int, timeout_s: float, proc: subprocess.Popen | None = None
         pass
     if proc is not None:
         proc.wait()
+
+
+# Python exceptions ("ValueError: ...") name root causes; vLLM prefixes its lines with
+# "(Proc pid=N) ERROR <date> [file]"; Triton's own error lines start with E<mmdd>.
+_VLLM_PREFIX = re.compile(r"^\(\S+ pid=\d+\) \w+ [\d-]+ [\d:]+ \[[^\]]+\] ?")
+_EXCEPTION = re.compile(r"^(\w+\.)*\w*(Error|Exception): .+")
+_TRITON_ERROR = re.compile(r"^E\d{4} .*(failed to load|error)", re.IGNORECASE)
+
+
+def relevant_log_lines(path: Path, lines: int = 8) -> str:
+    """The root-cause lines of a failed start (Triton prints a long table after them), else the tail."""
+    picked: list[str] = []
+    for raw in log_tail(path, 1000).splitlines():
+        line = _VLLM_PREFIX.sub("", raw).strip()
+        if (_EXCEPTION.match(line) or _TRITON_ERROR.match(line)) and line not in picked:
+            picked.append(line)
+    return "\n".join(picked[-lines:]) if picked else log_tail(path, lines)
 
 
 def log_tail(path: Path, lines: int = 25) -> str:

@@ -1,0 +1,88 @@
+"""Records of running servers, so `status`, `stop`, `generate` and `perf` can find them again."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from tritonkit.errors import UsageError
+from tritonkit.paths import home
+
+
+@dataclass
+class ServerRecord:
+    name: str
+    runtime: str  # "local" or "docker"
+    repository: str
+    models: list[str]
+    host: str
+    http_port: int
+    grpc_port: int
+    metrics_port: int
+    pid: int | None = None  # local: the server's pid, which is also its process group
+    container: str | None = None  # docker: container name
+    log_path: str | None = None
+    started_at: float = 0.0
+    ready_s: float | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def grpc_url(self) -> str:
+        return f"{self.host}:{self.grpc_port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"{self.host}:{self.http_port}"
+
+
+def _records_dir() -> Path:
+    return home() / "servers"
+
+
+def record_path(name: str) -> Path:
+    return _records_dir() / name / "server.json"
+
+
+def save(record: ServerRecord) -> None:
+    path = record_path(record.name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(asdict(record), indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def load(name: str) -> ServerRecord | None:
+    path = record_path(name)
+    if not path.is_file():
+        return None
+    return ServerRecord(**json.loads(path.read_text()))
+
+
+def remove(name: str) -> None:
+    record_path(name).unlink(missing_ok=True)
+
+
+def all_records() -> list[ServerRecord]:
+    root = _records_dir()
+    if not root.is_dir():
+        return []
+    found = (load(p.name) for p in sorted(root.iterdir()) if (p / "server.json").is_file())
+    return [r for r in found if r is not None]
+
+
+def find(name: str | None) -> ServerRecord:
+    """The named server, or the only one running; a clear error otherwise."""
+    if name:
+        record = load(name)
+        if record is None:
+            raise UsageError(f"no server named {name!r} is recorded", "see `tritonkit status`")
+        return record
+    records = all_records()
+    if len(records) == 1:
+        return records[0]
+    if not records:
+        raise UsageError("no tritonkit server is running", "start one with `tritonkit serve --detach`, or pass --url")
+    names = ", ".join(r.name for r in records)
+    raise UsageError(f"several servers are running ({names})", "pick one with --name")
