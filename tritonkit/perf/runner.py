@@ -135,7 +135,7 @@ class Runner:
 
     async def _step(self, load: Load, n: int, t0: float) -> StepResult:
         spec = self.spec
-        before = await asyncio.to_thread(server_metrics.scrape, spec.metrics_url)
+        before = await asyncio.to_thread(server_metrics.scrape, spec.metrics_url, self.client.model)
         cpu0 = time.process_time()
         start = time.perf_counter()
         measure_from = start + spec.warmup_s
@@ -180,7 +180,7 @@ class Runner:
             for rec in kept:
                 if measured_from <= rec.intended < end:
                     agg.add(rec)
-        after = await asyncio.to_thread(server_metrics.scrape, spec.metrics_url)
+        after = await asyncio.to_thread(server_metrics.scrape, spec.metrics_url, self.client.model)
         result = agg.result(load.label, load.kind, load.value, measured_from, end)
         result.stable, result.windows = stable, [w.to_dict(t0) for w in windows]
         result.client_cpu_s = cpu

@@ -32,13 +32,20 @@ def parse(text: str) -> dict[str, float]:
     return out
 
 
-def scrape(url: str | None, timeout_s: float = 2.0) -> dict[str, float] | None:
+def for_model(metrics: dict[str, float], model: str | None) -> dict[str, float]:
+    """Keep series about `model` (label model="...") and those without a model label."""
+    if not model:
+        return metrics
+    return {k: v for k, v in metrics.items() if 'model="' not in k or f'model="{model}"' in k}
+
+
+def scrape(url: str | None, model: str | None = None, timeout_s: float = 2.0) -> dict[str, float] | None:
     """None when there is no metrics URL or nothing answers there (metrics are optional)."""
     if not url:
         return None
     try:
         with urllib.request.urlopen(url, timeout=timeout_s) as resp:
-            return parse(resp.read().decode("utf-8", "replace"))
+            return for_model(parse(resp.read().decode("utf-8", "replace")), model)
     except (urllib.error.URLError, OSError, ValueError):
         return None
 

@@ -127,14 +127,51 @@ def _price(opts: Options, build: dict | None) -> dict | None:
     return None
 
 
-def _metrics_url(opts: Options) -> str | None:
+def _records() -> list:
+    try:
+        from tritonkit.runtime import state
+
+        return state.all_records()
+    except Exception:  # noqa: BLE001 - no records is fine: the user passes --url
+        return []
+
+
+def _url_port(url: str | None) -> tuple[str, int | None]:
+    parsed = urlparse("//" + (url or "").split("://")[-1])
+    return parsed.hostname or "127.0.0.1", parsed.port
+
+
+def _server_for(opts: Options) -> object | None:
+    """The tritonkit-started server this run talks to: by --url's port, else by --repository."""
+    records = _records()
+    if opts.url:
+        _, port = _url_port(opts.url)
+        return next((r for r in records if port in (r.grpc_port, r.http_port)), None)
+    if opts.repository:
+        repo = str(Path(opts.repository).expanduser().resolve())
+        return next((r for r in records if str(Path(r.repository).resolve()) == repo), None)
+    return None
+
+
+def _default_url(opts: Options, record) -> str | None:
+    if opts.url or record is None or opts.protocol == "openai":
+        return opts.url
+    return f"{record.host}:{record.grpc_port if opts.protocol == 'grpc' else record.http_port}"
+
+
+def _metrics_url(opts: Options, url: str | None, record) -> str | None:
+    """--metrics-url; else the metrics port of the tritonkit server we talk to; else Triton's
+    default layout (metrics = gRPC port + 1 = HTTP port + 2); vLLM's server: <url>/metrics."""
     if opts.metrics_url:
         return None if opts.metrics_url == "none" else opts.metrics_url
     if opts.protocol == "openai":
-        base = (opts.url or "http://127.0.0.1:8000").rstrip("/").removesuffix("/v1")
-        return base + "/metrics"  # vLLM's own server publishes vllm:* here
-    host = urlparse("//" + (opts.url or "127.0.0.1").split("://")[-1]).hostname or "127.0.0.1"
-    return f"http://{host}:8002/metrics"
+        return (url or "http://127.0.0.1:8000").rstrip("/").removesuffix("/v1") + "/metrics"
+    if record is not None:
+        return f"http://{record.host}:{record.metrics_port}/metrics"
+    host, port = _url_port(url)
+    if port is None:
+        return f"http://{host}:8002/metrics"
+    return f"http://{host}:{port + (1 if opts.protocol == 'grpc' else 2)}/metrics"
 
 
 def resolve(opts: Options, say=lambda m: print(m, file=sys.stderr)) -> Plan:
@@ -178,10 +215,12 @@ def resolve(opts: Options, say=lambda m: print(m, file=sys.stderr)) -> Plan:
                             f"shipped corpus, {n_in} input tokens" + ("" if tokenizer else " (approximate: words)"),
                             opts.seed)
     duration = opts.duration_s or (None if opts.requests else preset.get("duration_s", 30.0))
+    record = _server_for(opts)
+    url = _default_url(opts, record)
     spec = RunSpec(loads=loads, duration_s=duration, requests=opts.requests,
                    warmup_s=opts.warmup_s if opts.warmup_s is not None else (2.0 if is_sweep else 0.0),
                    sweep=is_sweep, window_s=opts.window_s, max_step_s=opts.max_step_s, timeout_s=opts.timeout_s,
-                   slo=bounds, soak=opts.soak, lora=opts.lora, metrics_url=_metrics_url(opts), seed=opts.seed)
+                   slo=bounds, soak=opts.soak, lora=opts.lora, metrics_url=_metrics_url(opts, url, record), seed=opts.seed)
     price = _price(opts, build)
     api_path = Path(opts.api_prices) if opts.api_prices else API_PRICES
     try:
@@ -190,11 +229,11 @@ def resolve(opts: Options, say=lambda m: print(m, file=sys.stderr)) -> Plan:
         raise UsageError(f"cannot read API prices from {api_path}: {err}") from None
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     out_dir = Path(opts.out) if opts.out else Path("perf-results") / f"{model}-{stamp}"
-    meta = {"model": model, "url": opts.url, "protocol": opts.protocol, "preset": opts.preset,
+    meta = {"model": model, "url": url, "metrics_url": spec.metrics_url, "protocol": opts.protocol, "preset": opts.preset,
             "load": ", ".join(l.label for l in loads) + (" (sweep)" if is_sweep else ""),
             "duration_s": duration, "requests": opts.requests, "workload": workload.describe(),
             "gpu": (price or {}).get("gpu"), "price": price, "lora": opts.lora, "soak": opts.soak}
-    return Plan(model, opts.url, opts.protocol, spec, workload, price, api, bounds, out_dir, meta)
+    return Plan(model, url, opts.protocol, spec, workload, price, api, bounds, out_dir, meta)
 
 
 async def _run(plan: Plan, on_progress) -> RunResult:
