@@ -86,6 +86,7 @@ class Engine:
                     if task:
                         task.cancel()
                     await self.llm.abort(msg["id"])
+                    print(f"tritonkit engine: aborted request {msg['id']} (client cancelled)", file=sys.stderr, flush=True)
         finally:
             for task in self.tasks.values():
                 task.cancel()

@@ -82,7 +82,7 @@ def _pip(args: list[str], what: str, say: Callable[[str], None]) -> None:
     if proc.returncode != 0:
         tail = "\n".join(proc.stderr.strip().splitlines()[-5:])
         raise TritonkitError(f"{what} failed: {tail}",
-                             "check that PyPI is reachable (pip config), then run `tritonkit runtime install` again")
+                             "check that PyPI is reachable (pip config), then run `tritonkit runtime --install`")
 
 
 def _extract(wheel: Path, dest: Path) -> None:

@@ -200,7 +200,7 @@ def stop_group(pgid: int, timeout_s: float, proc: subprocess.Popen | None = None
 # Python exceptions ("ValueError: ...") name root causes; vLLM prefixes its lines with
 # "(Proc pid=N) ERROR <date> [file]"; Triton's own error lines start with E<mmdd>.
 _VLLM_PREFIX = re.compile(r"^\(\S+ pid=\d+\) \w+ [\d-]+ [\d:]+ \[[^\]]+\] ?")
-_EXCEPTION = re.compile(r"^(\w+\.)*\w*(Error|Exception): .+")
+_EXCEPTION = re.compile(r"^((\w+\.)*\w*(Error|Exception): |tritonkit engine: could not).+")
 _TRITON_ERROR = re.compile(r"^E\d{4} .*(failed to load|error)", re.IGNORECASE)
 
 

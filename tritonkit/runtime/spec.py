@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,7 +76,11 @@ def check_ports_free(spec: ServerSpec) -> None:
             )
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def free_port(low: int = 20000, high: int = 32000) -> int:
+    """A free port below Linux's ephemeral range (32768+), where the OS hands out ports to
+    outgoing connections and to vLLM's internal sockets, so it stays free until the server binds."""
+    for _ in range(200):
+        port = random.randint(low, high)
+        if port_is_free(port):
+            return port
+    raise UsageError(f"no free port found between {low} and {high}", "free some ports or pass them explicitly")

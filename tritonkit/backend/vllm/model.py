@@ -162,6 +162,7 @@ class TritonPythonModel:
                 raise ValueError(f"unknown lora_name {lora_name!r}; valid names: {valid}")
             queue = asyncio.Queue()
             self.pending[request_id] = queue
+            self._count_running()
             await self._send({"op": "generate", "id": request_id, "prompt": prompt,
                               "sampling": sampling, "lora_name": lora_name})
             await self._relay(request_id, queue, sender, prompt, options)
@@ -174,8 +175,8 @@ class TritonPythonModel:
             except Exception as send_err:  # the final response had already gone out
                 self.logger.log_warn(f"request {request_id}: could not report the error: {send_err}")
         finally:
-            if request_id is not None:
-                self.pending.pop(request_id, None)
+            if request_id is not None and self.pending.pop(request_id, None) is not None:
+                self._count_running()
 
     async def _relay(self, request_id, queue, sender, prompt, options):
         stream = options["stream"]
@@ -255,6 +256,8 @@ class TritonPythonModel:
 
         counter, histogram = pb_utils.MetricFamily.COUNTER, pb_utils.MetricFamily.HISTOGRAM
         self.metrics = {
+            "running": family("vllm:num_requests_running", "Number of requests in the engine.",
+                              pb_utils.MetricFamily.GAUGE).Metric(labels=labels),
             "prompt_tokens": family("vllm:prompt_tokens_total", "Number of prefill tokens processed.",
                                     counter).Metric(labels=labels),
             "generation_tokens": family("vllm:generation_tokens_total", "Number of generation tokens processed.",
@@ -270,6 +273,10 @@ class TritonPythonModel:
             "req_generation": family("vllm:request_generation_tokens", "Number of generation tokens processed.",
                                      histogram).Metric(labels=labels, buckets=TOKEN_BUCKETS),
         }
+
+    def _count_running(self):
+        if self.report_metrics:
+            self.metrics["running"].set(len(self.pending))
 
     def _observe(self, stats):
         m = self.metrics
