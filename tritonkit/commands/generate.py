@@ -1,9 +1,10 @@
-"""`tritonkit generate`: stream one answer from a running server (click only)."""
+"""`tritonkit generate` (stream one answer from a running server) and `tritonkit demo` (click only)."""
 
 from __future__ import annotations
 
 import asyncio
 import sys
+from pathlib import Path
 
 import click
 
@@ -71,3 +72,19 @@ def generate(prompt, model, url, name, protocol, max_tokens, temperature, top_p,
 
 
 COMMANDS = [generate]
+
+
+@click.command()
+@click.option("--dir", "workdir", type=click.Path(file_okay=False, path_type=Path), default="tritonkit-demo",
+              show_default=True, help="Where the repository and the report go.")
+@click.option("--duration", default=20.0, show_default=True, type=click.FloatRange(min=1), help="Seconds of load.")
+@click.option("--rate", default=5.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Requests per second (constant rate, open loop).")
+def demo(workdir, duration, rate):
+    """Build the tiny built-in model, serve it locally, load-test it, print the report, stop."""
+    from tritonkit.demo import run_demo
+
+    run_demo(workdir.resolve(), duration, rate, echo=click.echo)
+
+
+COMMANDS.append(demo)
