@@ -13,7 +13,7 @@ from typing import AsyncIterator
 import aiohttp
 
 from tritonkit.client.base import Chunk, RequestError, StreamClient, UnknownModel
-from tritonkit.client.sse import base_url, events, new_session, raise_for_status, unreachable
+from tritonkit.client.sse import base_url, events, new_session, raise_for_status, stream_errors, unreachable
 from tritonkit.errors import UsageError
 
 # Sampling keys passed through as top-level body fields (vLLM and most servers accept these).
@@ -67,7 +67,7 @@ class OpenAIClient(StreamClient):
                      request_id: str | None = None) -> AsyncIterator[Chunk]:
         body = self._body(prompt, sampling, lora_name)
         headers = {"X-Request-Id": request_id} if request_id else None
-        try:
+        with stream_errors(self.url):
             async with self._get_session().post(self._endpoint, json=body, headers=headers) as resp:
                 if resp.status == 404:
                     text = await resp.text()
@@ -96,12 +96,6 @@ class OpenAIClient(StreamClient):
                                     choice.get("finish_reason"), n_in, t)
                         n_out = 0  # a chunk's usage delta belongs to its first choice
                 yield Chunk("", None, None, n_in, time.perf_counter(), final=True, total_output_tokens=total)
-        except (aiohttp.ClientConnectionError, OSError) as err:
-            if isinstance(err, aiohttp.ClientConnectorError):
-                raise unreachable(self.url, err) from None
-            raise RequestError(f"connection lost: {err}", "connection_lost") from None
-        except aiohttp.ClientPayloadError as err:
-            raise RequestError(f"the stream broke: {err}", "connection_lost") from None
 
     async def close(self) -> None:
         if self._session is not None:

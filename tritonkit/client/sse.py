@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from typing import AsyncIterator
@@ -24,6 +25,19 @@ def new_session() -> aiohttp.ClientSession:
 
 def unreachable(url: str, err: Exception) -> Unreachable:
     return Unreachable(f"cannot reach {url}: {err}", "is the server running? or pass the right --url")
+
+
+@contextlib.contextmanager
+def stream_errors(url: str):
+    """Turn aiohttp's failures during a stream into tritonkit's request errors."""
+    try:
+        yield
+    except (aiohttp.ClientConnectionError, OSError) as err:
+        if isinstance(err, aiohttp.ClientConnectorError):
+            raise unreachable(url, err) from None
+        raise RequestError(f"connection lost: {err}", "connection_lost") from None
+    except aiohttp.ClientPayloadError as err:
+        raise RequestError(f"the stream broke: {err}", "connection_lost") from None
 
 
 async def events(resp: aiohttp.ClientResponse) -> AsyncIterator[tuple[float, object]]:

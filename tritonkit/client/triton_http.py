@@ -12,7 +12,7 @@ from typing import AsyncIterator
 import aiohttp
 
 from tritonkit.client.base import Chunk, RequestError, StreamClient, UnknownModel, sampling_json
-from tritonkit.client.sse import base_url, events, new_session, raise_for_status, unreachable
+from tritonkit.client.sse import base_url, events, new_session, raise_for_status, stream_errors, unreachable
 from tritonkit.errors import ServerError
 
 
@@ -81,7 +81,7 @@ class TritonHttpClient(StreamClient):
         }
         if request_id:
             body["id"] = request_id
-        try:
+        with stream_errors(self.url):
             async with self._get_session().post(self._endpoint, json=body) as resp:
                 if resp.status in (400, 404):
                     text = await resp.text()
@@ -102,12 +102,6 @@ class TritonHttpClient(StreamClient):
                     raise RequestError("the stream ended without a response", "truncated")
                 # Triton ends the event stream after the final response: mark the end.
                 yield Chunk("", None, None, None, time.perf_counter(), final=True)
-        except (aiohttp.ClientConnectionError, OSError) as err:
-            if isinstance(err, aiohttp.ClientConnectorError):
-                raise unreachable(self.url, err) from None
-            raise RequestError(f"connection lost: {err}", "connection_lost") from None
-        except aiohttp.ClientPayloadError as err:
-            raise RequestError(f"the stream broke: {err}", "connection_lost") from None
 
     async def close(self) -> None:
         if self._session is not None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from tritonkit.errors import Interrupted, ServerError
+from tritonkit.errors import Interrupted
 
 
 def _say(message: str) -> None:

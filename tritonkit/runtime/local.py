@@ -137,12 +137,7 @@ def pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    # A zombie is not alive for our purposes.
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split()[2] != "Z"
-    except OSError:
-        return True
+    return _state_of(pid) != "Z"  # a zombie is not alive for our purposes
 
 
 def group_alive(pgid: int) -> bool:
