@@ -291,9 +291,10 @@ class Runner:
                               **self.counts})
 
     def _judge_client(self, result: StepResult, load: Load) -> None:
-        """Say plainly when the client could not keep the schedule."""
+        """Say plainly when the client could not keep the schedule, and why."""
         period = result.end - result.start
-        cpu = f"client CPU {result.client_cpu_s / period:.0%} of one core" if period > 0 and result.client_cpu_s is not None else ""
+        share = result.client_cpu_s / period if period > 0 and result.client_cpu_s is not None else None
+        cpu = f"client CPU {share:.0%} of one core" if share is not None else ""
         if not load.open_loop:
             result.client_note = cpu
             return
@@ -301,9 +302,13 @@ class Runner:
         behind = result.send_rate < 0.95 * load.value and result.sent >= 20
         if (lag is not None and lag > CLIENT_LAG_LIMIT_S) or behind:
             result.client_limited = True
+            # A generator that lags while using little CPU was waiting for a CPU, not working:
+            # the machine (often shared with the server itself) is saturated.
+            cause = ("the machine is saturated (is the server on the same CPUs?) and the generator waited for CPU"
+                     if share is not None and share < 0.5 else "the generator itself is the bottleneck")
             result.client_note = (f"CLIENT-LIMITED: the load generator could not keep the schedule "
                                   f"(p99 send lag {lag * 1000:.1f} ms, {result.send_rate:.1f} of "
-                                  f"{load.value:g} req/s started; {cpu}). These numbers describe the client, "
-                                  f"not the server.")
+                                  f"{load.value:g} req/s started; {cpu}): {cause}. Latencies include that lag; "
+                                  f"run the client elsewhere to see the server's own limit.")
         else:
             result.client_note = f"schedule kept (p99 send lag {(lag or 0) * 1000:.2f} ms; {cpu})"
