@@ -20,6 +20,7 @@ import string
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import tritonkit
 from tritonkit import catalog, gpus, lora, planner
@@ -86,8 +87,15 @@ def prepare(model: str, gpu: str, *, gpus_count: int | None = None, adapters: tu
             lora_mode: str | None = None, name: str | None = None,
             repository: str | os.PathLike = DEFAULT_REPOSITORY, choices: planner.Choices = planner.Choices(),
             max_lora_rank: int | None = None, price: float | None = None,
-            force: bool = False) -> BuildSpec:
+            force: bool = False, random_weights: bool = False) -> BuildSpec:
     spec = catalog.resolve(model)
+    if random_weights:
+        from tritonkit import randomweights
+
+        if choices.quantization in ("awq", "gptq"):
+            raise UsageError(f"--random-weights builds unquantised weights; --quantization {choices.quantization} "
+                             "serves a pre-quantised checkpoint", "use --quantization fp8 (quantised on load), or leave it out")
+        spec = randomweights.random_spec(spec)
     profile = gpus.get_profile(gpu, gpus_count, price)
     found = [lora.inspect(*lora.parse_spec(a)) for a in adapters]
     for adapter in found:
@@ -190,8 +198,9 @@ def vllm_engine_arg_names() -> set[str] | None:
 
 # ---------------------------------------------------------------- write: all or nothing
 
-def write(build: BuildSpec) -> Path:
-    """Write the model directory atomically; return its path."""
+def write(build: BuildSpec, say: Callable[[str], None] = lambda m: None) -> Path:
+    """Write the model directory atomically; return its path. A --random-weights build first
+    materialises (or reuses) the random model folder that model.json points at."""
     args = build.engine_args()
     validate_model_json(args)
     config = render_config_pbtxt()
@@ -204,6 +213,10 @@ def write(build: BuildSpec) -> Path:
         raise UsageError(f"output path {build.repository} is not writable: {err.strerror}") from None
     try:
         spec = catalog.ensure_available(build.model)
+        if spec.random_weights and not spec.builtin:
+            from tritonkit import randomweights
+
+            randomweights.build_random_model(spec, build.plan.dtype, say=say)
         model_dir = staging / build.name
         (model_dir / "1").mkdir(parents=True)
         (model_dir / "config.pbtxt").write_text(config)
@@ -273,6 +286,7 @@ def build_record(build: BuildSpec, spec: ModelSpec, args: dict) -> dict:
         "model_name": build.name,
         "model": {"name": spec.name, "hf_id": spec.hf_id, "source": spec.source,
                   "origin": spec.origin, "random_weights": spec.random_weights,
+                  **({"random_weights_note": _random_note(spec)} if spec.random_weights else {}),
                   "quantization": build.plan.quantization,
                   "architecture": dataclasses.asdict(spec.architecture)},
         "gpu": {"profile": g.name, "kind": g.kind, "gpu": g.gpu, "gpus": g.gpus,
@@ -285,6 +299,12 @@ def build_record(build: BuildSpec, spec: ModelSpec, args: dict) -> dict:
         "runtime_env": build.runtime_env(),
         "inputs": _inputs(spec, build.adapters),
     }
+
+
+def _random_note(spec: ModelSpec) -> str:
+    from tritonkit.randomweights import WARNING
+
+    return WARNING
 
 
 def load_build(repo_dir: str | os.PathLike, model_name: str | None = None) -> dict:

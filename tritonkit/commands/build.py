@@ -48,8 +48,12 @@ def _table(title: str, columns: list[str], rows: list[list[str]]):
 @click.option("--gpu-memory-utilization", type=float, help="Override vLLM's share of GPU memory.")
 @click.option("--quantization", metavar="awq|gptq|fp8", help="Serve a quantised variant.")
 @click.option("--price", type=float, help="Override the profile's $/hour.")
+@click.option("--random-weights", is_flag=True,
+              help="Serve the model's exact architecture with RANDOM weights (no download; for capacity "
+                   "and cost only), built once in $TRITONKIT_HOME/models/<name>-random.")
 def build(model, gpu, gpus_count, adapters, lora_mode, max_lora_rank, name, repository, plan_only,
-          force, dtype, tp, max_model_len, max_num_seqs, gpu_memory_utilization, quantization, price):
+          force, dtype, tp, max_model_len, max_num_seqs, gpu_memory_utilization, quantization, price,
+          random_weights):
     """Plan and write a Triton (vLLM backend) model for MODEL: a catalog name, HF id or folder."""
     from tritonkit import planner, repository as repo
 
@@ -57,9 +61,11 @@ def build(model, gpu, gpus_count, adapters, lora_mode, max_lora_rank, name, repo
                               gpu_memory_utilization=gpu_memory_utilization, quantization=quantization)
     spec = repo.prepare(model, gpu, gpus_count=gpus_count, adapters=adapters, lora_mode=lora_mode,
                         name=name, repository=repository, choices=choices,
-                        max_lora_rank=max_lora_rank, price=price, force=force)
+                        max_lora_rank=max_lora_rank, price=price, force=force, random_weights=random_weights)
     console = _console()
     title = f"{spec.model.name} on {spec.gpu.describe()}"
+    if random_weights:
+        title += " -- RANDOM WEIGHTS"
     if spec.lora_mode != "none":
         title += f" -- LoRA {spec.lora_mode}: {', '.join(a.name for a in spec.adapters)}"
     console.print(_table(title, ["quantity", "value", "how"],
@@ -67,8 +73,14 @@ def build(model, gpu, gpus_count, adapters, lora_mode, max_lora_rank, name, repo
     if plan_only:
         click.echo("--plan: nothing written", err=True)
         return
-    target = repo.write(spec)
+    if random_weights:
+        from tritonkit.randomweights import WARNING
+
+        click.echo(WARNING, err=True)
+    target = repo.write(spec, say=lambda m: click.echo(m, err=True))
     click.echo(f"wrote {target}")
+    if spec.model.random_weights:
+        click.echo(f"weights: RANDOM ({spec.model.source}); build.json records model.random_weights: true")
     click.echo(f"model.json: {json.dumps(spec.engine_args())}")
     for key, value in spec.runtime_env().items():
         click.echo(f"runtime env: {key}={value}")
