@@ -116,20 +116,29 @@ def stop(name, stop_all, timeout_s):
 @click.command()
 @click.option("--install", "do_install", is_flag=True, help="Download and install the local Triton runtime now.")
 @click.option("--remove", "do_remove", is_flag=True, help="Remove the local Triton runtime.")
-def runtime(do_install, do_remove):
+@click.option("--from-wheel", "from_wheel", type=click.Path(path_type=Path), default=None,
+              help="Install from this nvidia-pytriton wheel (or a folder holding it and the stub's numpy "
+                   "wheel) instead of downloading; implies --install. Env: TRITONKIT_PYTRITON_WHEEL.")
+def runtime(do_install, do_remove, from_wheel):
     """Show (or install/remove) the local Triton runtime."""
     from tritonkit.runtime import install
 
     if do_remove:
         click.echo("removed" if install.remove_triton() else "nothing to remove")
         return
-    found = install.ensure_triton(_say) if do_install else install.find_triton()
+    if from_wheel is not None and install.find_triton() is not None:
+        _say(f"the local Triton runtime is already installed; --from-wheel not used "
+             "(`tritonkit runtime --remove` first to reinstall)")
+    if from_wheel is not None:
+        install.local_wheel(from_wheel)  # a bad path is an error even when already installed
+    found = install.ensure_triton(_say, wheel=from_wheel) if (do_install or from_wheel) else install.find_triton()
     if found is None:
         click.echo(f"local Triton runtime: not installed (it will be installed in {install.runtime_root()} "
                    "on the first `tritonkit serve`, or now with `tritonkit runtime --install`)")
         return
     info = found.info
-    click.echo(f"local Triton runtime: Triton {info['triton_version']} from {info['wheel']}")
+    click.echo(f"local Triton runtime: Triton {info['triton_version']} from {info['wheel']}"
+               + (f" ({info['from']})" if info.get("from") else ""))
     click.echo(f"  root          {found.root}\n  server        {found.server_bin}\n"
                f"  python stub   Python {info['python']} (stub numpy: {info['stub_numpy']})\n"
                f"  engine python {sys.executable}")
