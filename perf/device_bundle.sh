@@ -17,6 +17,9 @@
 # cudnn-frontend, fastsafetensors, nvtx, mistral_common, compressed-tensors, outlines_core,
 # lm-format-enforcer, anthropic, mcp, opentelemetry. The needed set was found by importing vLLM's
 # serving path with those packages hidden (see the commit that added this file).
+# One pin is not vLLM's: apache-tvm-ffi 0.1.15.post2 instead of ==0.1.9, because xgrammar 0.2.8
+# needs >=0.1.11 (0.2.3, the newest that takes 0.1.9, is a 45 MB wheel); vLLM uses tvm-ffi itself
+# only through flashinfer and FA4 (Blackwell), neither of which is installed or used here.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 W=${WORK:-/tmp/tritonkit-device-bundle}
@@ -32,7 +35,7 @@ $DL -d "$W/wheels" \
   pyzmq msgspec cachetools cbor2 pybase64 partial-json-parser "fastapi>=0.133.0,<0.137.0" "starlette>=1.0.1" \
   "pydantic>=2.12.0" pydantic-core annotated-types typing-inspection "typing-extensions>=4.14.1" python-multipart \
   "openai>=2.0.0,<3" distro jiter sniffio uvicorn "openai-harmony>=0.0.3" "llguidance>=1.7.0,<1.8.0" \
-  "xgrammar>=0.2.1,<1.0.0" apache-tvm-ffi==0.1.9 watchfiles "model-hosting-container-standards>=0.1.14,<1.0.0" \
+  "xgrammar>=0.2.1,<1.0.0" "apache-tvm-ffi==0.1.15.post2" watchfiles "model-hosting-container-standards>=0.1.14,<1.0.0" \
   jmespath "prometheus-fastapi-instrumentator>=8.0.0" setproctitle blake3 python-json-logger \
   depyf==0.20.0 astor dill diskcache==5.6.3 lark==1.2.2 email-validator dnspython pydantic-extra-types ijson \
   jsonschema jsonschema-specifications referencing rpds-py "tritonclient>=2.51,<3" python-rapidjson \

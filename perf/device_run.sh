@@ -24,11 +24,17 @@ T0=$(date +%s)
 echo "== $STEP on $(hostname) at $(date -u +%FT%TZ); python $PY"
 cp -r .whl/"$STEP"/. "$STASH"/ && echo "stashed: $(du -sh $STASH | cut -f1)"
 
+cleanup() {  # a standalone vLLM server left by a killed run holds the GPU: end its process group
+  [ -f "$WORK"/vllm-server.pid ] && kill -9 -- -"$(cat "$WORK"/vllm-server.pid)" 2>/dev/null
+  rm -f "$WORK"/vllm-server.pid
+}
+
 bench() {  # gpu_reality phases, bounded so the call ends before the device's 600 s limit
   timeout "$1" "$PY" perf/gpu_reality.py --out "$OUT" --work "$WORK" --phase "$2" \
     --rates 10,20,40,80,160,320 --concurrency 1,8,32,128 --window 3 --max-step 12 --warmup 2 \
     --start-timeout 300
   echo "gpu_reality exit $? after $(( $(date +%s) - T0 )) s"
+  cleanup
 }
 
 logs() {
@@ -73,6 +79,7 @@ p2)
   logs
   ;;
 p3)
+  cleanup
   "$PY" -m tritonkit runtime --from-wheel "$STASH"/triton
   bench 540 triton,report
   logs

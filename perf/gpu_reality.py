@@ -271,6 +271,7 @@ def phase_vllm(args, work: Path, state: dict) -> None:
     with open(log, "w") as f:
         proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=work,
                                 start_new_session=True)
+    (work / "vllm-server.pid").write_text(str(proc.pid))  # its process group, should this script be killed
     try:
         wait_http(f"http://127.0.0.1:{port}/health", proc, args.start_timeout, log)
         state["vllm_ready_s"] = round(time.monotonic() - t0, 1)
@@ -280,6 +281,7 @@ def phase_vllm(args, work: Path, state: dict) -> None:
         state["vllm"] = measure("vllm", common, args, work / "perf")
     finally:
         stop_group(proc)
+        (work / "vllm-server.pid").unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------- the table
@@ -415,6 +417,8 @@ def main(argv=None) -> int:
     ap.add_argument("--skip-build", action="store_true", help="reuse WORK/repo if it holds the model")
     ap.add_argument("--fresh", action="store_true", help="forget WORK/state.json")
     args = ap.parse_args(argv)
+    # `timeout` sends SIGTERM: unwind (stop the servers, write what was measured) instead of dying.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     args.phases = ["build", "triton", "vllm", "report"] if args.phase == "all" else args.phase.split(",")
     if set(args.phases) - {"build", "triton", "vllm", "report"}:
         ap.error(f"unknown phase in {args.phase!r}")

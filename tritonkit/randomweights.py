@@ -82,8 +82,15 @@ def _config(cfg: dict, dtype: str, tokenizer):
     special = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
                "pad_token_id": tokenizer.pad_token_id}
     config = AutoConfig.for_model(model_type, **{**cfg, **special})
-    config.torch_dtype = dtype  # saved as "dtype"/"torch_dtype": what the weights are stored in
+    # What the weights are stored in: `dtype` since transformers 5, `torch_dtype` before.
+    setattr(config, "dtype" if _transformers_major() >= 5 else "torch_dtype", dtype)
     return config
+
+
+def _transformers_major() -> int:
+    import transformers
+
+    return int(transformers.__version__.split(".")[0])
 
 
 def check_architecture(config, arch: Architecture) -> list[str]:
@@ -128,7 +135,8 @@ def _meta_parameters(config, dtype: str) -> list[tuple[str, tuple[int, ...]]]:
     from transformers import AutoModelForCausalLM
 
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config, torch_dtype=getattr(torch, dtype))
+        kw = "dtype" if _transformers_major() >= 5 else "torch_dtype"
+        model = AutoModelForCausalLM.from_config(config, **{kw: getattr(torch, dtype)})
     # named_parameters drops a tied lm_head (it is the embedding), as save_pretrained does.
     return [(name, tuple(p.shape)) for name, p in model.named_parameters()]
 
