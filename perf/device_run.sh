@@ -17,6 +17,9 @@ mkdir -p "$STASH" "$WORK" "$OUT"
 PY=$(command -v python3)
 export TRITONKIT_HOME=/root/tritonkit-home HF_HUB_OFFLINE=1 VLLM_NO_USAGE_STATS=1 DO_NOT_TRACK=1
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+# flashinfer is not carried: vLLM 0.25's sampler imports it unguarded unless told not to use it
+# (seen on the H100: "No module named 'flashinfer'" in EngineCore). Both servers run without it.
+export VLLM_USE_FLASHINFER_SAMPLER=0
 export TRITONKIT_PYTRITON_WHEEL=$STASH/triton
 LOG=$OUT/run-$STEP.log
 exec > >(tee -a "$LOG") 2>&1

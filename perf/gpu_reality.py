@@ -25,18 +25,23 @@ send time; a step the generator could not keep up with is flagged client-limited
     python perf/gpu_reality.py --phase triton|vllm|report ...      # one part (same --work)
     python perf/gpu_reality.py --model tiny-llama --gpu cpu ...    # the same flow on a CPU (a test)
 
-How it was run on the lent H100 (no network there; wheels carried in <=60 MiB pieces). Here:
+How it was run on the lent H100 (nvidia-h100-x1, 2026-11-25; no network there, so the wheels were
+carried in <= 60 MiB pieces). Here, once:
 
     perf/device_bundle.sh            # .whl/p1 .whl/p2 .whl/p3: trimmed vLLM 0.25.0 + deps + nvidia-pytriton
-then three `run` calls back to back (kind nvidia-h100-x1), each carrying one piece:
 
-    bash perf/device_run.sh stash .whl/p1
-    bash perf/device_run.sh stash .whl/p2 install
-    bash perf/device_run.sh stash .whl/p3 install bench
+then three `run` calls back to back (the machine is given back after 30 s idle), each carrying one
+piece (carry [".whl/p1"], [".whl/p2"], [".whl/p3"]):
 
-(device_run.sh reassembles the pieces in /root/stash, installs with `pip install --no-index --no-deps`
-into the image's Python, installs Triton with `tritonkit runtime --from-wheel`, then runs this script
-and copies the results and logs to $OUT.)
+    bash perf/device_run.sh p1   # stash; report the image; write the random llama2-7b (30 s, on the GPU)
+    bash perf/device_run.sh p2   # install vLLM + deps (pip --no-index --no-deps); build; vLLM phase
+    bash perf/device_run.sh p3   # tritonkit runtime --from-wheel; Triton phase; the table
+
+(On the day, p2's vLLM engine failed on the missing flashinfer; the vLLM phase was rerun on the
+same machine with VLLM_USE_FLASHINFER_SAMPLER=0 -- now exported by device_run.sh -- as
+`python3 perf/gpu_reality.py --out $OUT --work /root/gpu-reality --phase vllm --rates
+10,20,40,80,160,320 --concurrency 1,8,32,128 --window 3 --max-step 12 --warmup 2 --start-timeout 300`,
+then p3 ran as above.) The result: perf/results/gpu-reality-h100.md (table) and .json (every step).
 """
 
 from __future__ import annotations
@@ -297,47 +302,103 @@ def _meets(s: dict) -> bool:
     return s["ok"] > 0 and s["failed"] == 0 and p90 is not None and p90 < SLO_S
 
 
-def headline(server: dict | None, price: float | None) -> dict:
+def _step(server: dict | None, kind: str, value: float) -> dict | None:
+    sweep_doc = (server or {}).get("rate" if kind == "rate" else "concurrency", {})
+    return next((s for s in sweep_doc.get("steps", []) if abs(s["value"] - value) < 1e-6), None)
+
+
+def _top(text: str) -> float:
+    from tritonkit.perf.schedules import parse_values
+
+    return max(parse_values(str(text)))
+
+
+def headline(server: dict | None, price: float | None, rates: str, concurrency: str) -> dict:
     """The numbers of one server's table column."""
     from tritonkit.perf.cost import seed_cost_per_1k
 
     steps = _steps(server)
     good = [s for s in steps if _meets(s)]
     best = max(good, key=lambda s: s["requests_per_s"], default=None)
-    out: dict = {"max_rps_at_slo": None, "best_step": None}
+    out: dict = {"max_rps_at_slo": None, "best_step": None,
+                 # No step missed the SLO: the sweeps stopped at their top load, so the maximum is higher.
+                 "max_is_lower_bound": bool(steps) and all(_meets(s) for s in steps)}
     if best is not None:
         lat = best["latency_s"]
         out.update({
             "max_rps_at_slo": best["requests_per_s"], "best_step": f"{best['kind']} {best['label']}",
             "best_step_client_limited": best["client_limited"],
-            "p90_e2e_at_best_s": lat["e2e"]["p90"], "ttft_p50_s": lat["ttft"]["p50"], "ttft_p90_s": lat["ttft"]["p90"],
-            "output_tokens_per_s": best["output_tokens_per_s"],
+            "p90_e2e_at_best_s": lat["e2e"]["p90"], "ttft_p50_at_best_s": lat["ttft"]["p50"],
+            "ttft_p90_at_best_s": lat["ttft"]["p90"], "output_tokens_per_s_at_best": best["output_tokens_per_s"],
             "mean_input_tokens": best["mean_input_tokens"], "mean_output_tokens": best["mean_output_tokens"],
-            "cost_per_1k_tokens": (seed_cost_per_1k(price, best["requests_per_s"], best["mean_input_tokens"],
-                                                    best["mean_output_tokens"]) if price else None),
+            "cost_per_1k_tokens_at_best": (seed_cost_per_1k(price, best["requests_per_s"], best["mean_input_tokens"],
+                                                            best["mean_output_tokens"]) if price else None),
         })
-    rate_steps = (server or {}).get("rate", {}).get("steps", [])
-    for r in SEED_RATES:
-        s = next((s for s in rate_steps if s["kind"] == "rate" and abs(s["value"] - r) < 1e-6), None)
-        out[f"p90_e2e_at_{r:g}_rps_s"] = s["latency_s"]["e2e"]["p90"] if s else None
-        out[f"achieved_rps_at_{r:g}"] = s["requests_per_s"] if s else None
+    points = [("rate", r, f"{r:g}_rps") for r in SEED_RATES]
+    points += [("rate", _top(rates), "top_rate"), ("concurrency", _top(concurrency), "top_concurrency")]
+    for kind, value, key in points:
+        s = _step(server, kind, value)
+        lat = s["latency_s"] if s else {}
+        out[f"rps_at_{key}"] = s["requests_per_s"] if s else None
+        out[f"p90_e2e_at_{key}_s"] = lat["e2e"]["p90"] if s else None
+        out[f"ttft_p50_at_{key}_s"] = lat["ttft"]["p50"] if s else None
+        out[f"ttft_p90_at_{key}_s"] = lat["ttft"]["p90"] if s else None
+        out[f"output_tokens_per_s_at_{key}"] = s["output_tokens_per_s"] if s else None
+        out[f"cost_per_1k_tokens_at_{key}"] = (seed_cost_per_1k(price, s["requests_per_s"], s["mean_input_tokens"],
+                                                                s["mean_output_tokens"]) if s and price else None)
     out["client_limited_steps"] = [f"{s['kind']} {s['label']}" for s in steps if s["client_limited"]]
     out["failed_requests"] = sum(s["failed"] for s in steps)
     return out
 
 
-ROWS = [
-    ("max RPS at p90 e2e < 1 s", "max_rps_at_slo", "{:.1f}"),
-    ("  reached at", "best_step", "{}"),
-    ("p90 e2e at 10 RPS (s)", "p90_e2e_at_10_rps_s", "{:.3f}"),
-    ("p90 e2e at 20 RPS (s)", "p90_e2e_at_20_rps_s", "{:.3f}"),
-    ("p90 e2e at 40 RPS (s)", "p90_e2e_at_40_rps_s", "{:.3f}"),
-    ("p90 e2e at max RPS (s)", "p90_e2e_at_best_s", "{:.3f}"),
-    ("TTFT p50 at max RPS (s)", "ttft_p50_s", "{:.4f}"),
-    ("TTFT p90 at max RPS (s)", "ttft_p90_s", "{:.4f}"),
-    ("output tokens/s at max RPS", "output_tokens_per_s", "{:.0f}"),
-    ("$/1K tokens at max RPS", "cost_per_1k_tokens", "{:.7f}"),
-]
+def _rows(state: dict) -> list[tuple[str, str, str, bool]]:
+    """(label, key, format, ratio meaningful); the 'at max RPS' rows compare different loads when the
+    two servers' best steps differ, so their ratio is left out then."""
+    r, c = _top(state.get("rates", "320")), _top(state.get("concurrency", "128"))
+    t, v = state.get("headline", {}).get("triton", {}), state.get("headline", {}).get("vllm", {})
+    same_best = t.get("best_step") is not None and t.get("best_step") == v.get("best_step")
+    both_found = not (t.get("max_is_lower_bound") or v.get("max_is_lower_bound"))
+    return [
+        ("max RPS at p90 e2e < 1 s", "max_rps_at_slo", "{:.1f}", both_found),
+        ("  reached at", "best_step", "{}", False),
+        ("p90 e2e at 10 RPS (s)", "p90_e2e_at_10_rps_s", "{:.3f}", True),
+        ("p90 e2e at 20 RPS (s)", "p90_e2e_at_20_rps_s", "{:.3f}", True),
+        ("p90 e2e at 40 RPS (s)", "p90_e2e_at_40_rps_s", "{:.3f}", True),
+        ("TTFT p50 / p90 at 40 RPS (s)", ("ttft_p50_at_40_rps_s", "ttft_p90_at_40_rps_s"), "{:.3f}", True),
+        (f"p90 e2e at {r:g} RPS, open loop (s)", "p90_e2e_at_top_rate_s", "{:.3f}", True),
+        (f"TTFT p50 / p90 at {r:g} RPS (s)", ("ttft_p50_at_top_rate_s", "ttft_p90_at_top_rate_s"), "{:.3f}", True),
+        (f"output tokens/s at {r:g} RPS", "output_tokens_per_s_at_top_rate", "{:.0f}", True),
+        (f"req/s at concurrency {c:g}, closed loop", "rps_at_top_concurrency", "{:.1f}", True),
+        (f"p90 e2e at concurrency {c:g} (s)", "p90_e2e_at_top_concurrency_s", "{:.3f}", True),
+        (f"TTFT p50 / p90 at concurrency {c:g} (s)",
+         ("ttft_p50_at_top_concurrency_s", "ttft_p90_at_top_concurrency_s"), "{:.3f}", True),
+        (f"output tokens/s at concurrency {c:g}", "output_tokens_per_s_at_top_concurrency", "{:.0f}", True),
+        (f"$/1K tokens at concurrency {c:g}", "cost_per_1k_tokens_at_top_concurrency", "{:.7f}", True),
+        ("output tokens/s at max RPS", "output_tokens_per_s_at_best", "{:.0f}", same_best),
+        (f"$/1K tokens at max RPS (${state.get('price_per_hour')}/h)", "cost_per_1k_tokens_at_best", "{:.7f}", same_best),
+    ]
+
+
+def _cell(col: dict, key, fmt: str) -> str:
+    keys = key if isinstance(key, tuple) else (key,)
+    vals = [col.get(k) for k in keys]
+    if all(v is None for v in vals):
+        return "-"
+    text = " / ".join("-" if v is None else fmt.format(v) for v in vals)
+    if key == "max_rps_at_slo" and col.get("max_is_lower_bound"):
+        text = ">= " + text
+    return text
+
+
+def _ratio(a: dict, b: dict, key) -> str:
+    keys = key if isinstance(key, tuple) else (key,)
+    parts = []
+    for k in keys:
+        x, y = a.get(k), b.get(k)
+        if not (isinstance(x, (int, float)) and isinstance(y, (int, float)) and y):
+            return "-"
+        parts.append(f"{x / y:.2f}")
+    return " / ".join(parts)
 
 
 def table(state: dict) -> str:
@@ -345,11 +406,8 @@ def table(state: dict) -> str:
     t, v = state.get("headline", {}).get("triton", {}), state.get("headline", {}).get("vllm", {})
     head = ["metric", "tritonkit-Triton", "standalone vLLM", "Triton / vLLM"]
     rows = []
-    for label, key, fmt in ROWS:
-        a, b = t.get(key), v.get(key)
-        ratio = (f"{a / b:.2f}" if isinstance(a, (int, float)) and isinstance(b, (int, float)) and b else "-")
-        rows.append([label, "-" if a is None else fmt.format(a), "-" if b is None else fmt.format(b),
-                     ratio if key != "best_step" else ""])
+    for label, key, fmt, comparable in _rows(state):
+        rows.append([label, _cell(t, key, fmt), _cell(v, key, fmt), _ratio(t, v, key) if comparable else ""])
     widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(4)]
     line = lambda r: "| " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths)) + " |"  # noqa: E731
     out = [line(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows)]
@@ -357,21 +415,27 @@ def table(state: dict) -> str:
     gpu = state.get("gpu", {})
     notes = [
         f"{state.get('model')} ({'RANDOM weights, ' if b.get('model', {}).get('random_weights') else ''}"
-        f"{b.get('plan', {}).get('dtype', '?')}) on {gpu.get('name', '?')} (driver {gpu.get('driver', '?')}), "
-        f"profile {state.get('profile')} at ${price}/h; vLLM {state.get('versions', {}).get('vllm')}, "
+        f"{b.get('plan', {}).get('dtype', '?')}, max_num_seqs {b.get('plan', {}).get('max_num_seqs', '?')}) on "
+        f"{gpu.get('name', '?')} (driver {gpu.get('driver', '?')}), profile {state.get('profile')} at ${price}/h "
+        f"({state.get('price_source')}); vLLM {state.get('versions', {}).get('vllm')}, "
         f"torch {state.get('versions', {}).get('torch')}",
-        "workload: the seed's classification preset (100 input tokens, 6 output tokens, ignore_eos); "
-        "rate sweep (open loop, Triton gRPC / vLLM OpenAI streaming) "
-        f"{state.get('rates')} and concurrency sweep {state.get('concurrency')}, steps of "
-        f"<= {state.get('max_step_s')} s (stable 3 × {state.get('window_s')} s windows) after {state.get('warmup_s')} s warm-up",
-        "max RPS: the highest achieved req/s of any step (either sweep) with p90 e2e < 1 s and no failures; "
+        "workload: the seed's classification preset (100 input tokens, 6 output tokens, ignore_eos, all counted "
+        "by the servers); Triton over gRPC streaming, vLLM over its OpenAI completions stream, same client; "
+        f"open-loop rate sweep {state.get('rates')} req/s and closed-loop concurrency sweep {state.get('concurrency')}, "
+        f"steps of <= {state.get('max_step_s')} s (ended early once 3 × {state.get('window_s')} s windows agree) "
+        f"after {state.get('warmup_s')} s warm-up",
+        "max RPS: the highest achieved req/s of any step (either sweep) with p90 e2e < 1 s and no failed request; "
+        "'>=' means no step missed that SLO, so the true maximum is higher than the sweeps reached; "
         "$/1K tokens: the seed's formula on measured req/s and server-counted tokens",
         f"servers ready in: Triton {state.get('triton_ready_s', '-')} s, vLLM {state.get('vllm_ready_s', '-')} s",
     ]
     for server in ("triton", "vllm"):
-        lim = state.get("headline", {}).get(server, {}).get("client_limited_steps")
-        if lim:
-            notes.append(f"{server}: client-limited steps (the generator, not the server, set the pace): {', '.join(lim)}")
+        col = state.get("headline", {}).get(server, {})
+        if col.get("client_limited_steps"):
+            notes.append(f"{server}: client-limited steps (the generator, not the server, set the pace): "
+                         f"{', '.join(col['client_limited_steps'])}")
+        if col.get("failed_requests"):
+            notes.append(f"{server}: {col['failed_requests']} failed requests")
     notes.append(f"seed (10-minute runs): Triton+vLLM on an A10: 10 RPS at p90 {SEED['triton_vllm_a10']['p90_s']} s; "
                  f"vLLM on an A100: 20 RPS at p90 {SEED['vllm_a100']['p90_s']} s")
     return "\n".join(out + [""] + [f"- {n}" for n in notes])
@@ -389,7 +453,8 @@ def versions() -> dict:
 
 def phase_report(state: dict, out: Path) -> str:
     price = state.get("price_per_hour")
-    state["headline"] = {s: headline(state.get(s), price) for s in ("triton", "vllm")}
+    state["headline"] = {s: headline(state.get(s), price, state.get("rates", "10"), state.get("concurrency", "1"))
+                         for s in ("triton", "vllm")}
     text = table(state)
     (out / "gpu_reality.md").write_text("# GPU reality check\n\n" + text + "\n")
     return text
@@ -432,6 +497,11 @@ def main(argv=None) -> int:
 
     state_path = work / "state.json"
     state = json.loads(state_path.read_text()) if state_path.exists() and not args.fresh else {}
+    if args.phases == ["report"] and state.get("profile"):  # a report of a finished run: keep its record
+        phase_report(state, out)
+        save(state, work, out)
+        print(table(state), flush=True)
+        return 0
     gpu = detect_gpu()
     profile = args.gpu if args.gpu != "auto" else profile_for(gpu)
     if profile is None:
