@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 
 import pytest
 
@@ -39,7 +40,8 @@ def test_plain_build_layout_and_files(tiny_model, tritonkit_home, tmp_path):
     record = json.loads((target / "build.json").read_text())
     assert set(record) == BUILD_KEYS
     assert record["engine_args"] == args
-    assert record["runtime_env"] == {"VLLM_CPU_KVCACHE_SPACE": "1"}
+    unpinned = {"VLLM_CPU_OMP_THREADS_BIND": "nobind"} if os.cpu_count() <= repository.SMALL_CPU_COUNT else {}
+    assert record["runtime_env"] == {"VLLM_CPU_KVCACHE_SPACE": "1", **unpinned}
     assert record["model"]["random_weights"] is True and record["model"]["source"] == str(tiny_model.resolve())
     assert record["gpu"]["profile"] == "cpu" and record["gpu"]["price_per_hour"] == 0.2016
     assert record["plan"]["kv_tokens"] == 524_288 and record["lora"]["mode"] == "none"

@@ -26,6 +26,7 @@ import pytest
 from tritonkit.client import open_client
 from tritonkit.runtime.local import group_alive
 from tritonkit.runtime.spec import free_port
+from tritonkit.tinymodel import build_tiny_llama, build_tiny_lora
 
 TRITONKIT = [sys.executable, "-m", "tritonkit"]
 PROMPT = "The battery was surprisingly good and"
@@ -66,10 +67,16 @@ def engine_processes(marker: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def repository(tiny_model, tiny_adapters, tmp_path_factory):
-    repo = tmp_path_factory.mktemp("serve") / "repo"
-    run("build", str(tiny_model), "--gpu", "cpu", "--name", "tiny", "-o", str(repo), "--lora-mode", "serve",
-        "--adapter", f"a={tiny_adapters['a']}", "--adapter", f"b={tiny_adapters['b']}", check=True)
+def repository(tmp_path_factory):
+    # A 4K context, so a long generation lasts seconds: a cancelled one must stop well before.
+    root = tmp_path_factory.mktemp("serve")
+    base = build_tiny_llama(root / "tiny-4k", max_position_embeddings=4096)
+    adapters = {"a": build_tiny_lora(base, root / "a", seed=1),
+                "b": build_tiny_lora(base, root / "b", seed=2, rank=16,
+                                     target_modules=("q_proj", "k_proj", "v_proj", "o_proj"))}
+    repo = root / "repo"
+    run("build", str(base), "--gpu", "cpu", "--name", "tiny", "-o", str(repo), "--lora-mode", "serve",
+        "--adapter", f"a={adapters['a']}", "--adapter", f"b={adapters['b']}", check=True)
     return repo
 
 
@@ -138,7 +145,8 @@ def test_cancelled_stream_frees_its_request(server):
     async def cancel_after_two_chunks():
         client = open_client("grpc", server["grpc"], "tiny")
         try:
-            stream = client.stream(PROMPT, {"max_tokens": 900, "ignore_eos": True}, request_id="cancel-me")
+            # ~4,000 tokens take the tiny model 10 s or more on this CPU
+            stream = client.stream(PROMPT, {"max_tokens": 4000, "ignore_eos": True}, request_id="cancel-me")
             async with contextlib.aclosing(stream):
                 seen = 0
                 async for chunk in stream:
@@ -150,7 +158,7 @@ def test_cancelled_stream_frees_its_request(server):
             await client.close()
 
     assert asyncio.run(cancel_after_two_chunks()) == 2
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 5
     while metric(server["metrics_url"], "vllm:num_requests_running") != 0 and time.monotonic() < deadline:
         time.sleep(0.2)
     assert metric(server["metrics_url"], "vllm:num_requests_running") == 0

@@ -82,10 +82,10 @@ class Engine:
                 if msg["op"] == "generate":
                     self.tasks[msg["id"]] = asyncio.ensure_future(self._generate(msg, send))
                 elif msg["op"] == "abort":
+                    # Cancelling the task ends vLLM's generate(), which aborts the request in the engine.
                     task = self.tasks.pop(msg["id"], None)
-                    if task:
+                    if task is not None:
                         task.cancel()
-                    await self.llm.abort(msg["id"])
                     print(f"tritonkit engine: aborted request {msg['id']} (client cancelled)", file=sys.stderr, flush=True)
         finally:
             for task in self.tasks.values():

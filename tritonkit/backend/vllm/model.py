@@ -183,6 +183,7 @@ class TritonPythonModel:
         text_parts, out_tokens = [], 0
         while True:
             if sender.is_cancelled():
+                self.logger.log_info(f"request {request_id} was cancelled by the client after {out_tokens} tokens")
                 await self._send({"op": "abort", "id": request_id})
                 sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
                 return
