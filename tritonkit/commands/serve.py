@@ -127,7 +127,7 @@ def runtime(do_install, do_remove, from_wheel):
         click.echo("removed" if install.remove_triton() else "nothing to remove")
         return
     if from_wheel is not None and install.find_triton() is not None:
-        _say(f"the local Triton runtime is already installed; --from-wheel not used "
+        _say("the local Triton runtime is already installed; --from-wheel not used "
              "(`tritonkit runtime --remove` first to reinstall)")
     if from_wheel is not None:
         install.local_wheel(from_wheel)  # a bad path is an error even when already installed
