@@ -12,8 +12,8 @@ from typing import AsyncIterator
 
 import aiohttp
 
-from tritonkit.client.base import Chunk, RequestError, StreamClient, UnknownModel
-from tritonkit.client.sse import base_url, events, new_session, raise_for_status, stream_errors, unreachable
+from tritonkit.client.base import Chunk, RequestError, UnknownModel
+from tritonkit.client.sse import SseClient, base_url, events, raise_for_status, stream_errors, unreachable
 from tritonkit.errors import UsageError
 
 # Sampling keys passed through as top-level body fields (vLLM and most servers accept these).
@@ -21,20 +21,14 @@ _PASS_THROUGH = {"max_tokens", "temperature", "top_p", "top_k", "seed", "stop", 
                  "min_tokens", "presence_penalty", "frequency_penalty", "repetition_penalty", "n"}
 
 
-class OpenAIClient(StreamClient):
+class OpenAIClient(SseClient):
     protocol = "openai"
 
     def __init__(self, url: str, model: str, usage_per_chunk: bool = True):
         url = base_url(url)
         super().__init__(url.removesuffix("/v1"), model)
         self.usage_per_chunk = usage_per_chunk
-        self._session: aiohttp.ClientSession | None = None
         self._endpoint = f"{self.url}/v1/completions"
-
-    def _get_session(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            self._session = new_session()
-        return self._session
 
     async def check(self, timeout_s: float = 5.0) -> None:
         try:
@@ -96,8 +90,3 @@ class OpenAIClient(StreamClient):
                                     choice.get("finish_reason"), n_in, t)
                         n_out = 0  # a chunk's usage delta belongs to its first choice
                 yield Chunk("", None, None, n_in, time.perf_counter(), final=True, total_output_tokens=total)
-
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None

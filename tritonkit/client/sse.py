@@ -9,7 +9,7 @@ from typing import AsyncIterator
 
 import aiohttp
 
-from tritonkit.client.base import RequestError, Unreachable
+from tritonkit.client.base import RequestError, StreamClient, Unreachable
 
 
 def base_url(url: str) -> str:
@@ -21,6 +21,24 @@ def new_session() -> aiohttp.ClientSession:
     # No connection cap: an open-loop schedule decides how many requests are in flight.
     connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
     return aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=None))
+
+
+class SseClient(StreamClient):
+    """A client over HTTP server-sent events: one lazily opened aiohttp session."""
+
+    def __init__(self, url: str, model: str):
+        super().__init__(url, model)
+        self._session: aiohttp.ClientSession | None = None
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = new_session()
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
 
 
 def unreachable(url: str, err: Exception) -> Unreachable:

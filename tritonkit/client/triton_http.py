@@ -11,8 +11,8 @@ from typing import AsyncIterator
 
 import aiohttp
 
-from tritonkit.client.base import Chunk, RequestError, StreamClient, UnknownModel, sampling_json
-from tritonkit.client.sse import base_url, events, new_session, raise_for_status, stream_errors, unreachable
+from tritonkit.client.base import Chunk, RequestError, UnknownModel, sampling_json
+from tritonkit.client.sse import SseClient, base_url, events, raise_for_status, stream_errors, unreachable
 from tritonkit.errors import ServerError
 
 
@@ -32,18 +32,12 @@ def _to_chunk(t: float, event: dict) -> Chunk:
     return Chunk(text or "", n_out, reason or None, n_in, t)
 
 
-class TritonHttpClient(StreamClient):
+class TritonHttpClient(SseClient):
     protocol = "http"
 
     def __init__(self, url: str, model: str):
         super().__init__(base_url(url), model)
-        self._session: aiohttp.ClientSession | None = None
         self._endpoint = f"{self.url}/v2/models/{model}/generate_stream"
-
-    def _get_session(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            self._session = new_session()
-        return self._session
 
     async def check(self, timeout_s: float = 5.0) -> None:
         session = self._get_session()
@@ -102,8 +96,3 @@ class TritonHttpClient(StreamClient):
                     raise RequestError("the stream ended without a response", "truncated")
                 # Triton ends the event stream after the final response: mark the end.
                 yield Chunk("", None, None, None, time.perf_counter(), final=True)
-
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
