@@ -32,9 +32,11 @@ cleanup() {  # a standalone vLLM server left by a killed run holds the GPU: end 
   rm -f "$WORK"/vllm-server.pid
 }
 
-bench() {  # gpu_reality phases, bounded so the call ends before the device's 600 s limit
+bench() {  # gpu_reality phases, bounded so the call ends before the device's 600 s limit;
+  # RATES / CONCURRENCY override the sweeps (the second H100 run: RATES=320,480,640,960,1280
+  # CONCURRENCY=128,256,512, to find where each server misses the SLO)
   timeout "$1" "$PY" perf/gpu_reality.py --out "$OUT" --work "$WORK" --phase "$2" \
-    --rates 10,20,40,80,160,320 --concurrency 1,8,32,128 --window 3 --max-step 12 --warmup 2 \
+    --rates "${RATES:-10,20,40,80,160,320}" --concurrency "${CONCURRENCY:-1,8,32,128}" --window 3 --max-step 12 --warmup 2 \
     --start-timeout 300
   echo "gpu_reality exit $? after $(( $(date +%s) - T0 )) s"
   cleanup
