@@ -16,9 +16,10 @@ def _target(url: str | None, model: str | None, name: str | None, protocol: str)
     if url and model:
         return url, model
     from tritonkit.runtime import state
+    from tritonkit.serving import record_alive
 
     try:
-        record = state.find(name)
+        record = state.find(name, alive=record_alive)
     except UsageError:
         if url is None and model is None:
             raise

@@ -6,6 +6,7 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from tritonkit.errors import UsageError
 from tritonkit.paths import home
@@ -72,14 +73,15 @@ def all_records() -> list[ServerRecord]:
     return [r for r in found if r is not None]
 
 
-def find(name: str | None) -> ServerRecord:
-    """The named server, or the only one running; a clear error otherwise."""
+def find(name: str | None, alive: Callable[[ServerRecord], bool] | None = None) -> ServerRecord:
+    """The named server, or the only one running (judged by `alive`, where given, so records of
+    servers that died are passed over); a clear error otherwise."""
     if name:
         record = load(name)
         if record is None:
             raise UsageError(f"no server named {name!r} is recorded", "see `tritonkit status`")
         return record
-    records = all_records()
+    records = [r for r in all_records() if alive is None or alive(r)]
     if len(records) == 1:
         return records[0]
     if not records:
