@@ -10,6 +10,7 @@ request is a real stream through Triton's gRPC frontend and Python backend. Trit
 same machine and competes for its cores: on a 2-core box the numbers are a lower bound.
 
     .venv/bin/python perf/bench_generator.py [--rates 200,400,800,1000,1200] [--seconds 5] [--protocol grpc]
+        [--split-cores]   # Triton on CPU 0, the generator on the others: the generator's own limit
 """
 
 from __future__ import annotations
@@ -53,18 +54,42 @@ async def one_rate(protocol: str, url: str, rate: float, seconds: float, chunks:
             "e2e_p50_ms": (step.summaries["e2e"].p50 or 0) * 1000, "rps": step.rps}
 
 
+def pin_group(pgid: int, cpus: set[int]) -> None:
+    """Pin every thread of every process in a process group to `cpus`."""
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if os.getpgid(int(pid)) != pgid:
+                continue
+            for tid in os.listdir(f"/proc/{pid}/task"):
+                os.sched_setaffinity(int(tid), cpus)
+        except (OSError, ProcessLookupError):
+            continue  # gone meanwhile
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rates", default="200,400,600,800,1000,1200")
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--chunks", type=int, default=4)
     ap.add_argument("--protocol", default="grpc", choices=["grpc", "http"])
+    ap.add_argument("--split-cores", action="store_true",
+                    help="pin Triton (and its backend stubs) to CPU 0 and this load generator to the others, "
+                         "so the generator is measured on cores of its own")
     args = ap.parse_args()
+    cpus = sorted(os.sched_getaffinity(0))
+    if args.split_cores:
+        if len(cpus) < 2:
+            raise SystemExit("--split-cores needs at least 2 CPUs")
+        os.sched_setaffinity(0, cpus[1:])  # before any thread exists: gRPC's threads inherit it
     spec = ServerSpec(repository=REPO, name=f"bench{os.getpid()}", http_port=free_port(),
                       grpc_port=free_port(), metrics_port=free_port())
     rows = []
     with LocalServer(spec) as server:
+        if args.split_cores:
+            pin_group(server.pid, {cpus[0]})  # before the stubs start: they inherit it
         server.wait_ready(["ground_truth"], 120)
+        if args.split_cores:
+            pin_group(server.pid, {cpus[0]})  # and every thread and stub that started meanwhile
         url = spec.grpc_url if args.protocol == "grpc" else spec.http_url
         for rate in parse_values(args.rates):
             row = asyncio.run(one_rate(args.protocol, url, rate, args.seconds, args.chunks))
@@ -76,8 +101,10 @@ def main() -> None:
     good = [r for r in rows if r["lag_p99_ms"] < 5 and r["send_rate"] >= 0.95 * r["rate"] and r["failed"] == 0]
     best = max(good, key=lambda r: r["rate"], default=None)
     print()
+    where = (f"Triton pinned to CPU {cpus[0]}, the generator to CPUs {cpus[1:]}" if args.split_cores
+             else "Triton on the same cores")
     print(f"machine: {os.cpu_count()} cores; protocol {args.protocol}; {args.chunks} chunks per request; "
-          f"{args.seconds:g} s per rate; Triton on the same machine")
+          f"{args.seconds:g} s per rate; {where}")
     if best:
         print(f"highest open-loop rate with p99 send lag < 5 ms: {best['rate']:g} req/s "
               f"(p99 lag {best['lag_p99_ms']:.2f} ms)")
