@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Callable
@@ -26,11 +25,12 @@ def models_in(repository: Path) -> list[str]:
 
 def runtime_env(repository: Path, models: list[str]) -> dict[str, str]:
     """Environment the engines need, as `tritonkit build` recorded it (e.g. the CPU KV-cache size)."""
+    from tritonkit.repository import load_build
+
     env: dict[str, str] = {}
     for model in models:
-        build_json = repository / model / "build.json"
-        if build_json.is_file():
-            env.update({k: str(v) for k, v in json.loads(build_json.read_text()).get("runtime_env", {}).items()})
+        if (repository / model / "build.json").is_file():  # a hand-written model has none
+            env.update({k: str(v) for k, v in load_build(repository, model).get("runtime_env", {}).items()})
     return env
 
 
@@ -57,7 +57,8 @@ def start(spec: ServerSpec, runtime: str, timeout_s: float, say: Callable[[str],
           on_progress: Callable[[str, float], None] | None = None, detach: bool = False,
           image: str | None = None, gpus: str = "all"):
     """Start a server, wait until every model is ready, record it; return (server, record)."""
-    if state.load(spec.name) is not None and record_alive(state.load(spec.name)):
+    previous = state.load(spec.name)
+    if previous is not None and record_alive(previous):
         raise UsageError(f"a server named {spec.name!r} is already running",
                          "stop it with `tritonkit stop`, or give this one another --name")
     models = models_in(spec.repository)
