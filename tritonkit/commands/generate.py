@@ -25,7 +25,7 @@ def _target(url: str | None, model: str | None, name: str | None, protocol: str)
             raise
         record = None
     if record is not None:
-        url = url or (record.grpc_url if protocol == "grpc" else f"{record.http_url}")
+        url = url or (record.grpc_url if protocol == "grpc" else record.http_url)
         if model is None:
             if len(record.models) != 1:
                 raise UsageError(f"server {record.name} serves several models ({', '.join(record.models)})",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Callable
 
@@ -27,7 +27,6 @@ class ServerRecord:
     log_path: str | None = None
     started_at: float = 0.0
     ready_s: float | None = None
-    extra: dict = field(default_factory=dict)
 
     @property
     def grpc_url(self) -> str:
@@ -58,7 +57,9 @@ def load(name: str) -> ServerRecord | None:
     path = record_path(name)
     if not path.is_file():
         return None
-    return ServerRecord(**json.loads(path.read_text()))
+    data = json.loads(path.read_text())
+    known = {f.name for f in fields(ServerRecord)}  # records from other tritonkit versions may differ
+    return ServerRecord(**{k: v for k, v in data.items() if k in known})
 
 
 def remove(name: str) -> None:
