@@ -44,7 +44,7 @@ def layout(tmp_path, monkeypatch):
 def test_run_args_exact(layout):
     repo, hf = layout["repo"], layout["hf"]
     spec = ServerSpec(repository=repo, name="demo", env={"VLLM_LOGGING_LEVEL": "INFO"})
-    argv = docker.run_args(spec, "tritonkit-vllm:25.12", build={"name": "tiny"})
+    argv = docker.run_args(spec, "tritonkit-vllm:25.12", build={"model_name": "tiny"})
     assert argv == [
         "docker", "run", "--rm", "--name", "tritonkit-demo", "--init",
         "--gpus", "all", "--shm-size", "4g",

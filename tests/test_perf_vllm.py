@@ -32,7 +32,7 @@ def vllm_server(tmp_path_factory):
     assert build.returncode == 0, build.stderr
     spec = ServerSpec(repository=repo, name=f"perf-vllm-{os.getpid()}", http_port=free_port(),
                       grpc_port=free_port(), metrics_port=free_port())
-    spec.env = serving.runtime_env(repo, ["tiny-llama"])
+    spec.env = serving.runtime_env(serving.builds(repo, ["tiny-llama"]))
     server = LocalServer(spec)
     server.start()
     server.wait_ready(["tiny-llama"], 300)

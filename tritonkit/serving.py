@@ -23,15 +23,19 @@ def models_in(repository: Path) -> list[str]:
     return models
 
 
-def runtime_env(repository: Path, models: list[str]) -> dict[str, str]:
+def runtime_env(built: list[dict]) -> dict[str, str]:
     """Environment the engines need, as `tritonkit build` recorded it (e.g. the CPU KV-cache size)."""
+    env: dict[str, str] = {}
+    for build in built:
+        env.update({k: str(v) for k, v in build.get("runtime_env", {}).items()})
+    return env
+
+
+def builds(repository: Path, models: list[str]) -> list[dict]:
+    """The build.json records of the models that `tritonkit build` wrote (a hand-written model has none)."""
     from tritonkit.repository import load_build
 
-    env: dict[str, str] = {}
-    for model in models:
-        if (repository / model / "build.json").is_file():  # a hand-written model has none
-            env.update({k: str(v) for k, v in load_build(repository, model).get("runtime_env", {}).items()})
-    return env
+    return [load_build(repository, m) for m in models if (repository / m / "build.json").is_file()]
 
 
 def choose_runtime(requested: str) -> str:
@@ -45,11 +49,11 @@ def choose_runtime(requested: str) -> str:
 
 
 def make_server(spec: ServerSpec, runtime: str, say: Callable[[str], None], image: str | None = None,
-                gpus: str = "all"):
+                gpus: str = "all", build: dict | None = None):
     if runtime == "docker":
         from tritonkit.runtime.docker import DockerServer
 
-        return DockerServer(spec, image, gpus=gpus)
+        return DockerServer(spec, image, gpus=gpus, build=build)
     return LocalServer(spec, say=say)
 
 
@@ -62,9 +66,10 @@ def start(spec: ServerSpec, runtime: str, timeout_s: float, say: Callable[[str],
         raise UsageError(f"a server named {spec.name!r} is already running",
                          "stop it with `tritonkit stop`, or give this one another --name")
     models = models_in(spec.repository)
-    spec.env = {**runtime_env(spec.repository, models), **spec.env}
+    built = builds(spec.repository, models)
+    spec.env = {**runtime_env(built), **spec.env}
     runtime = choose_runtime(runtime)
-    server = make_server(spec, runtime, say, image, gpus)
+    server = make_server(spec, runtime, say, image, gpus, build=built[0] if len(built) == 1 else None)
     started = time.time()
     if runtime == "docker":
         server.start(detach=detach)

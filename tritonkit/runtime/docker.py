@@ -245,8 +245,8 @@ def run_args(spec: ServerSpec, image: str, build: dict | None = None, gpus: str 
 
     labels = {"tritonkit.server": spec.name, "tritonkit.repository": str(repository),
               "tritonkit.http_port": str(spec.http_port)}
-    if build and build.get("name"):
-        labels["tritonkit.model"] = str(build["name"])
+    if build and build.get("model_name"):
+        labels["tritonkit.model"] = str(build["model_name"])
     for key, value in labels.items():
         argv += ["--label", f"{key}={value}"]
 
