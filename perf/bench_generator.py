@@ -25,7 +25,7 @@ from tritonkit.client import open_client
 from tritonkit.perf.runner import Runner, RunSpec
 from tritonkit.perf.schedules import Load, parse_values
 from tritonkit.perf.workload import Workload
-from tritonkit.runtime.local import LocalServer
+from tritonkit.runtime.local import LocalServer, group_members
 from tritonkit.runtime.spec import ServerSpec, free_port
 
 REPO = Path(__file__).resolve().parent / "ground_truth_repo"
@@ -56,13 +56,11 @@ async def one_rate(protocol: str, url: str, rate: float, seconds: float, chunks:
 
 def pin_group(pgid: int, cpus: set[int]) -> None:
     """Pin every thread of every process in a process group to `cpus`."""
-    for pid in filter(str.isdigit, os.listdir("/proc")):
+    for pid in group_members(pgid):
         try:
-            if os.getpgid(int(pid)) != pgid:
-                continue
             for tid in os.listdir(f"/proc/{pid}/task"):
                 os.sched_setaffinity(int(tid), cpus)
-        except (OSError, ProcessLookupError):
+        except OSError:
             continue  # gone meanwhile
 
 

@@ -147,11 +147,13 @@ def group_alive(pgid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return any(_pgid_of(p) == pgid and _state_of(p) != "Z" for p in _pids())
+    return bool(group_members(pgid))
 
 
-def _pids() -> list[int]:
-    return [int(d) for d in os.listdir("/proc") if d.isdigit()]
+def group_members(pgid: int) -> list[int]:
+    """The live (not zombie) processes of a process group: a server and everything it started."""
+    pids = [int(d) for d in os.listdir("/proc") if d.isdigit()]
+    return [p for p in pids if _pgid_of(p) == pgid and _state_of(p) != "Z"]
 
 
 def _stat(pid: int) -> list[str]:
