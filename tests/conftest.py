@@ -1,4 +1,10 @@
-"""Shared fixtures. The tiny model and its adapters are built once per session (a few seconds)."""
+"""Shared fixtures. The tiny model and its adapters are built once per session (a few seconds).
+
+The whole suite runs with a temporary $TRITONKIT_HOME and temporary caches (Hugging Face, vLLM,
+XDG): tests leave the user's home alone. A local Triton runtime the user already installed is
+reused through a symlink (only read: removing a symlinked runtime fails instead of deleting it);
+without one, the first server of the session installs it into the temporary home.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,25 @@ import shutil
 import pytest
 
 from tritonkit.tinymodel import build_tiny_llama, build_tiny_lora
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_home(tmp_path_factory):
+    from tritonkit.runtime import install
+
+    users_runtime = install.runtime_root()  # where the user's own runtime would be, read before the switch
+    root = tmp_path_factory.mktemp("session-home")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TRITONKIT_HOME", str(root / "tritonkit"))
+        for name, folder in (("HF_HOME", "hf"), ("HF_HUB_CACHE", "hf/hub"), ("VLLM_CACHE_ROOT", "vllm"),
+                             ("XDG_CACHE_HOME", "xdg-cache"), ("MPLCONFIGDIR", "matplotlib")):
+            patch.setenv(name, str(root / folder))
+        patch.setenv("HF_HUB_OFFLINE", "1")
+        if install.TritonInstall(users_runtime).is_complete():
+            link = install.runtime_root()
+            link.parent.mkdir(parents=True)
+            link.symlink_to(users_runtime, target_is_directory=True)
+        yield root
 
 
 @pytest.fixture(scope="session")

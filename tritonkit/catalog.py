@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tritonkit.errors import UsageError
-from tritonkit.paths import home
+from tritonkit.paths import home, shipped
 
-PACKAGE_CATALOG = Path(__file__).parent / "data" / "models.json"
+PACKAGE_CATALOG = shipped("tritonkit/data/models.json")
 RANDOM_WEIGHTS_MARKER = "TRITONKIT_RANDOM_WEIGHTS.json"
 HF_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 from tritonkit.catalog import nearest
 from tritonkit.errors import UsageError
-from tritonkit.paths import home
+from tritonkit.paths import home, shipped
 
-PACKAGE_PROFILES = Path(__file__).parent / "data" / "gpus.json"
+PACKAGE_PROFILES = shipped("tritonkit/data/gpus.json")
 
 
 @dataclass(frozen=True)

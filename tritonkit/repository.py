@@ -27,9 +27,10 @@ from tritonkit import catalog, gpus, lora, planner
 from tritonkit.catalog import ModelSpec
 from tritonkit.errors import TritonkitError, UsageError
 from tritonkit.gpus import GpuProfile
+from tritonkit.paths import shipped
 
-TEMPLATES = Path(tritonkit.__file__).parent.parent / "model_repo_templates" / "vllm"
-SCHEMA = Path(tritonkit.__file__).parent / "data" / "model_json.schema.json"
+TEMPLATES = shipped("model_repo_templates/vllm")
+SCHEMA = shipped("tritonkit/data/model_json.schema.json")
 NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 DEFAULT_REPOSITORY = "model_repository"
 SMALL_CPU_COUNT = 4  # at or below this many cores the cpu profile leaves vLLM's threads unpinned

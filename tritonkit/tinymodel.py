@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-CORPUS = Path(__file__).parent / "data" / "corpus.txt"
+from tritonkit.paths import shipped
+
+CORPUS = shipped("tritonkit/data/corpus.txt")
 
 TINY_LLAMA = {
     "hidden_size": 128,

@@ -15,14 +15,15 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from tritonkit.errors import UsageError
+from tritonkit.paths import shipped
 from tritonkit.perf import cost as cost_mod
 from tritonkit.perf import report, slo, summary
 from tritonkit.perf.runner import RunResult, Runner, RunSpec
 from tritonkit.perf.schedules import Load, parse_values
 from tritonkit.perf.workload import Workload, corpus_prompts, load_prompt_file, load_tokenizer, parse_output_length
 
-PRESETS_DIR = Path(__file__).resolve().parents[2] / "perf" / "presets"
-API_PRICES = Path(__file__).resolve().parent.parent / "data" / "api_prices.json"
+PRESETS_DIR = shipped("perf/presets")
+API_PRICES = shipped("tritonkit/data/api_prices.json")
 
 
 @dataclass

@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tritonkit.errors import UsageError
+from tritonkit.paths import shipped
 
-CORPUS = Path(__file__).resolve().parent.parent / "data" / "corpus.txt"
+CORPUS = shipped("tritonkit/data/corpus.txt")
 MAX_UNIQUE = 5000  # distinct prompts built per run; longer runs cycle through them
 
 

@@ -48,11 +48,12 @@ def default_image() -> str:
 
 
 def dockerfiles_dir() -> Path:
-    """The build context holding the Dockerfile: $TRITONKIT_DOCKERFILES, else the source tree's."""
-    folder = Path(os.environ.get("TRITONKIT_DOCKERFILES") or Path(__file__).resolve().parents[2] / "dockerfiles")
+    """The build context holding the Dockerfile: $TRITONKIT_DOCKERFILES, else the one tritonkit ships."""
+    from tritonkit.paths import shipped
+
+    folder = Path(os.environ.get("TRITONKIT_DOCKERFILES") or shipped("dockerfiles"))
     if not (folder / "Dockerfile").is_file():
-        raise UsageError(f"no Dockerfile in {folder}",
-                         "run from a tritonkit source checkout, or set TRITONKIT_DOCKERFILES to its dockerfiles/")
+        raise UsageError(f"no Dockerfile in {folder}", "set TRITONKIT_DOCKERFILES to a folder holding one, or unset it")
     return folder
 
 
