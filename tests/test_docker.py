@@ -13,6 +13,7 @@ import pytest
 from tritonkit.commands.image import image as image_command
 from tritonkit.errors import ServerError, UsageError
 from tritonkit.runtime import docker
+from tritonkit.runtime.base import RuntimeOptions
 from tritonkit.runtime.spec import ServerSpec
 
 SECRET = "hf_s3cr3t_value_that_must_not_leak"
@@ -44,7 +45,7 @@ def layout(tmp_path, monkeypatch):
 def test_run_args_exact(layout):
     repo, hf = layout["repo"], layout["hf"]
     spec = ServerSpec(repository=repo, name="demo", env={"VLLM_LOGGING_LEVEL": "INFO"})
-    argv = docker.run_args(spec, "tritonkit-vllm:25.12", build={"model_name": "tiny"})
+    argv = docker.run_args(spec, "tritonkit-vllm:25.12", model_name="tiny")
     assert argv == [
         "docker", "run", "--rm", "--name", "tritonkit-demo", "--init",
         "--gpus", "all", "--shm-size", "4g",
@@ -243,7 +244,7 @@ def test_client_without_engine(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:/usr/bin:/bin")
     assert docker.docker_available() is False
     with pytest.raises(ServerError, match="Cannot connect to the Docker daemon"):
-        docker.DockerServer(ServerSpec(repository=tmp_path)).start(detach=True)
+        docker.DockerServer(ServerSpec(repository=tmp_path), options=RuntimeOptions(detach=True)).start()
     code, out = run_cli(["image"], capsys)
     assert code == ServerError.exit_code and "no Docker engine answers" in out.err
 
@@ -272,8 +273,8 @@ esac
 """)
     monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:/usr/bin:/bin")
     spec = ServerSpec(repository=layout["repo"], name="fg", env={"MY_API_KEY": SECRET})
-    server = docker.DockerServer(spec, "tritonkit-vllm:25.12")
-    server.start(detach=True)
+    server = docker.DockerServer(spec, options=RuntimeOptions(image="tritonkit-vllm:25.12", detach=True))
+    server.start()
     server.stop()
     calls = log.read_text().splitlines()
     assert calls[0] == "info --format {{.ServerVersion}}"
@@ -283,6 +284,10 @@ esac
     assert calls[4] == "token-seen=yes key-seen=yes"  # the client gets the values to forward
     assert calls[5:] == ["stop -t 10 tritonkit-fg", "rm -f tritonkit-fg"]
     assert SECRET not in log.read_text()
+
+
+IMG = RuntimeOptions(image="img")
+IMG_DETACHED = RuntimeOptions(image="img", detach=True)
 
 
 class FakeRunner:
@@ -306,7 +311,7 @@ def docker_on_path(tmp_path, monkeypatch):
 def test_wait_ready_reports_the_log_when_the_container_dies(layout, docker_on_path):
     runner = FakeRunner({"inspect -f": (0, "false\n"),
                          "logs --tail": (0, "E model.py:1] vLLM failed: CUDA out of memory\n")})
-    server = docker.DockerServer(ServerSpec(repository=layout["repo"], name="x"), "img", runner=runner)
+    server = docker.DockerServer(ServerSpec(repository=layout["repo"], name="x"), options=IMG, runner=runner)
     with pytest.raises(ServerError, match="CUDA out of memory"):
         server.wait_ready(["tiny"], timeout_s=5)
     assert ["docker", "logs", "--tail", "30", "tritonkit-x"] in runner.calls
@@ -316,11 +321,11 @@ def test_start_refuses_a_running_namesake_and_a_missing_image(layout, docker_on_
     spec = ServerSpec(repository=layout["repo"], name="x")
     running = FakeRunner({"inspect -f": (0, "true\n")})
     with pytest.raises(UsageError, match="already running"):
-        docker.DockerServer(spec, "img", runner=running).start(detach=True)
+        docker.DockerServer(spec, options=IMG_DETACHED, runner=running).start()
     assert not any(c[1] == "run" for c in running.calls)
     missing = FakeRunner({"image inspect": (1, "")})
     with pytest.raises(ServerError, match="tritonkit image"):
-        docker.DockerServer(spec, "img", runner=missing).start(detach=True)
+        docker.DockerServer(spec, options=IMG_DETACHED, runner=missing).start()
 
 
 def test_start_clears_a_stopped_leftover_and_explains_a_gpu_failure(layout, docker_on_path):
@@ -333,7 +338,7 @@ def test_start_clears_a_stopped_leftover_and_explains_a_gpu_failure(layout, dock
         return runner(argv, **kw)
 
     with pytest.raises(ServerError) as exc:
-        docker.DockerServer(ServerSpec(repository=layout["repo"], name="x"), "img", runner=run_fails).start(True)
+        docker.DockerServer(ServerSpec(repository=layout["repo"], name="x"), options=IMG_DETACHED, runner=run_fails).start()
     assert "NVIDIA Container Toolkit" in exc.value.hint
     assert runner.calls.count(["docker", "rm", "-f", "tritonkit-x"]) == 2  # the leftover, then the failed run
 
@@ -358,13 +363,13 @@ def test_foreground_streams_and_tracks_the_client_process(layout, docker_on_path
             return client
         return runner(argv, **kw)
 
-    server = docker.DockerServer(ServerSpec(repository=layout["repo"], name="fg"), "img", runner=run)
-    server.start(detach=False)
+    server = docker.DockerServer(ServerSpec(repository=layout["repo"], name="fg"), options=IMG, runner=run)
+    server.start()
     assert streamed == [docker.run_args(server.spec, "img", detach=False)] and "--rm" in streamed[0]
     assert server.is_alive()  # before the container exists, the client process is what counts
     client.code = 1
     assert not server.is_alive()
-    assert "output is above" in server.log_tail()  # --rm removed it; its log went to the terminal
+    assert "output is above" in server.logs()  # --rm removed it; its log went to the terminal
 
 
 def test_a_path_with_a_comma_is_quoted_for_docker(layout, tmp_path):

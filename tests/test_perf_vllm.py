@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from tritonkit import serving
+from tritonkit import buildrecord, serving
 from tritonkit.runtime.local import LocalServer
 from tritonkit.runtime.spec import ServerSpec, free_port
 
@@ -32,7 +32,7 @@ def vllm_server(tmp_path_factory):
     assert build.returncode == 0, build.stderr
     spec = ServerSpec(repository=repo, name=f"perf-vllm-{os.getpid()}", http_port=free_port(),
                       grpc_port=free_port(), metrics_port=free_port())
-    spec.env = serving.runtime_env(serving.builds(repo, ["tiny-llama"]))
+    spec.env = serving.runtime_env(buildrecord.load_all(repo, ["tiny-llama"]))
     server = LocalServer(spec)
     server.start()
     server.wait_ready(["tiny-llama"], 300)

@@ -1,4 +1,4 @@
-"""The model repository: layout, validated files, build.json, atomic writes, load_build."""
+"""The model repository: layout, validated files, build.json (the typed record), atomic writes."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from tritonkit import lora, repository
+from tritonkit import buildrecord, lora, repository
 from tritonkit.errors import TritonkitError, UsageError
 
 BUILD_KEYS = {"tritonkit_version", "created_at", "model_name", "model", "gpu", "plan", "engine_args",
@@ -62,7 +62,7 @@ def test_serve_mode_writes_multi_lora_json(tiny_model, tiny_adapters, tritonkit_
         "a": str(tiny_adapters["a"].resolve()), "b": str(tiny_adapters["b"].resolve())}
     args = json.loads((target / "1" / "model.json").read_text())
     assert (args["enable_lora"], args["max_lora_rank"], args["max_loras"]) == (True, 16, 2)
-    record = repository.load_build(tmp_path / "repo")
+    record = buildrecord.load(tmp_path / "repo").to_json()
     assert record["lora"] == {"mode": "serve", "max_lora_rank": 16,
                               "adapters": {"a": str(tiny_adapters["a"].resolve()),
                                            "b": str(tiny_adapters["b"].resolve())}}
@@ -77,7 +77,7 @@ def test_merge_mode_points_model_json_at_the_merged_weights(tiny_model, tiny_ada
     assert merged.is_absolute() and (merged / "model.safetensors").exists()
     assert (merged / "tokenizer.json").exists() and (merged / "config.json").exists()
     assert not (target / "1" / "multi_lora.json").exists()
-    assert repository.load_build(tmp_path / "repo", "tiny-llama")["lora"]["mode"] == "merge"
+    assert buildrecord.load(tmp_path / "repo", "tiny-llama").lora.mode == "merge"
 
 
 def test_builtin_model_is_built_on_demand(tritonkit_home, tmp_path):
@@ -160,18 +160,18 @@ def test_model_json_validation_rejects(args, message):
 def test_load_build_needs_one_model_or_a_name(tiny_model, tritonkit_home, tmp_path):
     repo = tmp_path / "repo"
     with pytest.raises(UsageError, match="not found"):
-        repository.load_build(repo)
+        buildrecord.load(repo)
     repo.mkdir()
     with pytest.raises(UsageError, match="holds no tritonkit build"):
-        repository.load_build(repo)
+        buildrecord.load(repo)
     build(tiny_model, repo, name="one")
-    assert repository.load_build(repo)["model_name"] == "one"
+    assert buildrecord.load(repo).model_name == "one"
     build(tiny_model, repo, name="two")
     with pytest.raises(UsageError, match=r"holds several models \(one, two\)"):
-        repository.load_build(repo)
-    assert repository.load_build(repo, "two")["model_name"] == "two"
+        buildrecord.load(repo)
+    assert buildrecord.load(repo, "two").model_name == "two"
     with pytest.raises(UsageError, match="no tritonkit build of model 'three'"):
-        repository.load_build(repo, "three")
+        buildrecord.load(repo, "three")
 
 
 @pytest.mark.parametrize("adapters", [(), ("a", "b")])
@@ -181,11 +181,11 @@ def test_vllm_accepts_the_engine_arguments(tiny_model, tiny_adapters, tritonkit_
     from vllm.engine.arg_utils import AsyncEngineArgs
 
     target = build(tiny_model, tmp_path / "repo", adapters=tuple(f"{n}={tiny_adapters[n]}" for n in adapters))
-    record = repository.load_build(tmp_path / "repo")
-    for key, value in record["runtime_env"].items():
+    record = buildrecord.load(tmp_path / "repo")
+    for key, value in record.runtime_env.items():
         monkeypatch.setenv(key, value)
     config = AsyncEngineArgs(**json.loads((target / "1" / "model.json").read_text())).create_engine_config()
-    plan = record["plan"]
+    plan = record.plan
     assert config.model_config.max_model_len == plan["max_model_len"]
     assert config.scheduler_config.max_num_seqs == plan["max_num_seqs"]
     # The planner's activation estimate assumes vLLM's default step for an engine behind a server.

@@ -3,7 +3,7 @@
 `prepare` checks everything that can be checked without writing: model, GPU, adapters, plan,
 name and output path. `write` renders the templates, validates the rendered files, merges an
 adapter when asked, and moves the finished model directory into place in one rename, so a
-failed build leaves nothing behind. `load_build` reads a build's record back for serve and perf.
+failed build leaves nothing behind. Its record (build.json) is `tritonkit.buildrecord`'s.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Callable
 
 import tritonkit
-from tritonkit import catalog, gpus, lora, planner
+from tritonkit import buildrecord, catalog, gpus, lora, planner
+from tritonkit.buildrecord import BuildRecord, GpuInfo, LoraInfo, ModelInfo
 from tritonkit.catalog import ModelSpec
 from tritonkit.errors import TritonkitError, UsageError
 from tritonkit.gpus import GpuProfile
@@ -229,12 +230,12 @@ def write(build: BuildSpec, say: Callable[[str], None] = lambda m: None) -> Path
         model_dir = staging / build.name
         (model_dir / "1").mkdir(parents=True)
         (model_dir / "config.pbtxt").write_text(config)
-        _write_json(model_dir / "1" / "model.json", args)
+        _write_json(model_dir / "1" / buildrecord.ENGINE_FILE, args)
         if build.lora_mode == "serve":
-            _write_json(model_dir / "1" / "multi_lora.json", {a.name: str(a.path) for a in build.adapters})
+            _write_json(model_dir / "1" / buildrecord.LORA_FILE, {a.name: str(a.path) for a in build.adapters})
         if build.lora_mode == "merge":
             lora.merge(spec.source, build.adapters[0], model_dir / "1" / "merged")
-        _write_json(model_dir / "build.json", build_record(build, spec, args))
+        buildrecord.save(model_dir, build_record(build, spec, args))
         # Read back what is on disk: the files Triton will load are the ones checked.
         validate_config_pbtxt((model_dir / "config.pbtxt").read_text())
         validate_model_json(json.loads((model_dir / "1" / "model.json").read_text()))
@@ -287,54 +288,28 @@ def _inputs(spec: ModelSpec, adapters: list[lora.Adapter]) -> dict[str, str]:
     return inputs
 
 
-def build_record(build: BuildSpec, spec: ModelSpec, args: dict) -> dict:
+def build_record(build: BuildSpec, spec: ModelSpec, args: dict) -> BuildRecord:
     g = build.gpu
-    return {
-        "tritonkit_version": tritonkit.__version__,
-        "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "model_name": build.name,
-        "model": {"name": spec.name, "hf_id": spec.hf_id, "source": spec.source,
-                  "origin": spec.origin, "random_weights": spec.random_weights,
-                  **({"random_weights_note": _random_note(spec)} if spec.random_weights else {}),
-                  "quantization": build.plan.quantization,
-                  "architecture": dataclasses.asdict(spec.architecture)},
-        "gpu": {"profile": g.name, "kind": g.kind, "gpu": g.gpu, "gpus": g.gpus,
-                "price_per_hour": g.price_per_hour, "instance": g.instance,
-                "memory_gib": round(g.memory_mib / 1024, 3), "bandwidth_gbps": g.bandwidth_gbps},
-        "plan": build.plan.to_dict(),
-        "engine_args": args,
-        "lora": {"mode": build.lora_mode, "adapters": {a.name: str(a.path) for a in build.adapters},
-                 "max_lora_rank": build.max_lora_rank},
-        "runtime_env": build.runtime_env(),
-        "inputs": _inputs(spec, build.adapters),
-    }
+    return BuildRecord(
+        tritonkit_version=tritonkit.__version__,
+        created_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        model_name=build.name,
+        model=ModelInfo(name=spec.name, hf_id=spec.hf_id, source=spec.source, origin=spec.origin,
+                        random_weights=spec.random_weights,
+                        random_weights_note=_random_note(spec) if spec.random_weights else None,
+                        quantization=build.plan.quantization, architecture=dataclasses.asdict(spec.architecture)),
+        gpu=GpuInfo(profile=g.name, kind=g.kind, gpu=g.gpu, gpus=g.gpus, price_per_hour=g.price_per_hour,
+                    instance=g.instance, memory_gib=round(g.memory_mib / 1024, 3), bandwidth_gbps=g.bandwidth_gbps),
+        plan=build.plan.to_dict(),
+        engine_args=args,
+        lora=LoraInfo(mode=build.lora_mode, adapters={a.name: str(a.path) for a in build.adapters},
+                      max_lora_rank=build.max_lora_rank),
+        runtime_env=build.runtime_env(),
+        inputs=_inputs(spec, build.adapters),
+    )
 
 
 def _random_note(spec: ModelSpec) -> str:
     from tritonkit.randomweights import WARNING
 
     return WARNING
-
-
-def load_build(repo_dir: str | os.PathLike, model_name: str | None = None) -> dict:
-    """A build's record; with no name, the repository's only tritonkit-built model."""
-    repo = Path(repo_dir).expanduser()
-    if not repo.is_dir():
-        raise UsageError(f"model repository {repo} not found", "run `tritonkit build` first")
-    if model_name is not None:
-        path = repo / check_name(model_name) / "build.json"
-        if not path.exists():
-            raise UsageError(f"no tritonkit build of model {model_name!r} in {repo}",
-                             "run `tritonkit build` first")
-    else:
-        found = sorted(repo.glob("*/build.json"))
-        if len(found) != 1:
-            names = ", ".join(p.parent.name for p in found)
-            raise UsageError(f"{repo} holds no tritonkit build" if not found else
-                             f"{repo} holds several models ({names})",
-                             "run `tritonkit build` first" if not found else "name the model")
-        path = found[0]
-    try:
-        return json.loads(path.read_text())
-    except ValueError as err:
-        raise UsageError(f"{path} is not valid JSON: {err}") from None

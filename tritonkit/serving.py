@@ -1,17 +1,25 @@
-"""Start, watch and stop Triton servers on a model repository, with either runtime."""
+"""Start, find and stop servers on a model repository, whichever runtime runs them.
+
+Every runtime implements `runtime.base.Server`; this module is the one place that starts one
+(cleaning up a failed start), records it, and turns a record back into a handle.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
-from typing import Callable
 
+from tritonkit import buildrecord
+from tritonkit.buildrecord import BuildRecord
 from tritonkit.errors import ServerError, UsageError
 from tritonkit.runtime import state
-from tritonkit.runtime.local import LocalServer, group_alive, log_tail, stop_group
+from tritonkit.runtime.base import RUNTIMES, Progress, RuntimeOptions, Server, server_class
 from tritonkit.runtime.spec import ServerSpec
 
-RUNTIMES = ("auto", "docker", "local")
+
+def runtimes() -> tuple[str, ...]:
+    return ("auto", *RUNTIMES)
 
 
 def models_in(repository: Path) -> list[str]:
@@ -23,70 +31,63 @@ def models_in(repository: Path) -> list[str]:
     return models
 
 
-def runtime_env(built: list[dict]) -> dict[str, str]:
+def runtime_env(built: list[BuildRecord]) -> dict[str, str]:
     """Environment the engines need, as `tritonkit build` recorded it (e.g. the CPU KV-cache size)."""
     env: dict[str, str] = {}
     for build in built:
-        env.update({k: str(v) for k, v in build.get("runtime_env", {}).items()})
+        env.update({k: str(v) for k, v in build.runtime_env.items()})
     return env
 
 
-def builds(repository: Path, models: list[str]) -> list[dict]:
-    """The build.json records of the models that `tritonkit build` wrote (a hand-written model has none)."""
-    from tritonkit.repository import load_build
-
-    return [load_build(repository, m) for m in models if (repository / m / "build.json").is_file()]
-
-
 def choose_runtime(requested: str) -> str:
-    if requested not in RUNTIMES:
-        raise UsageError(f"unknown runtime {requested!r}", f"use one of {', '.join(RUNTIMES)}")
     if requested != "auto":
+        server_class(requested)  # an unknown name is a UsageError here
         return requested
     from tritonkit.runtime.docker import docker_available
 
     return "docker" if docker_available() else "local"
 
 
-def make_server(spec: ServerSpec, runtime: str, say: Callable[[str], None], image: str | None = None,
-                gpus: str = "all", build: dict | None = None):
-    if runtime == "docker":
-        from tritonkit.runtime.docker import DockerServer
+def make_server(spec: ServerSpec, runtime: str, options: RuntimeOptions | None = None) -> Server:
+    """A not-yet-started server for spec.repository, with its builds and their environment."""
+    models = models_in(spec.repository)
+    built = buildrecord.load_all(spec.repository, models)
+    spec.env = {**runtime_env(built), **spec.env}
+    return server_class(choose_runtime(runtime))(spec, built, options or RuntimeOptions())
 
-        return DockerServer(spec, image, gpus=gpus, build=build)
-    return LocalServer(spec, say=say)
 
-
-def start(spec: ServerSpec, runtime: str, timeout_s: float, say: Callable[[str], None] = lambda m: None,
-          on_progress: Callable[[str, float], None] | None = None, detach: bool = False,
-          image: str | None = None, gpus: str = "all"):
-    """Start a server, wait until every model is ready, record it; return (server, record)."""
+def start(spec: ServerSpec, runtime: str, timeout_s: float, options: RuntimeOptions | None = None,
+          on_progress: Progress | None = None) -> tuple[Server, state.ServerRecord]:
+    """Start a server, wait until every model is ready, record it; return (server, record).
+    A start that fails or is interrupted leaves nothing running and no record."""
     previous = state.load(spec.name)
     if previous is not None and record_alive(previous):
         raise UsageError(f"a server named {spec.name!r} is already running",
                          "stop it with `tritonkit stop`, or give this one another --name")
+    server = make_server(spec, runtime, options)
     models = models_in(spec.repository)
-    built = builds(spec.repository, models)
-    spec.env = {**runtime_env(built), **spec.env}
-    runtime = choose_runtime(runtime)
-    server = make_server(spec, runtime, say, image, gpus, build=built[0] if len(built) == 1 else None)
     started = time.time()
-    if runtime == "docker":
-        server.start(detach=detach)
-    else:
+    try:
         server.start()
-    ready_s = server.wait_ready(models, timeout_s, on_progress)
+        ready_s = server.wait_ready(models, timeout_s, on_progress)
+    except BaseException:
+        with contextlib.suppress(Exception):  # the start's own error is the one to report
+            server.stop()
+        raise
     record = state.ServerRecord(
-        name=spec.name, runtime=runtime, repository=str(spec.repository), models=models, host=spec.host,
-        http_port=spec.http_port, grpc_port=spec.grpc_port, metrics_port=spec.metrics_port,
-        pid=getattr(server, "pid", None), container=getattr(server, "name", None) if runtime == "docker" else None,
-        log_path=str(getattr(server, "log_path", "")) or None, started_at=started, ready_s=ready_s,
+        name=spec.name, runtime=server.runtime, api=server.api, repository=str(spec.repository), models=models,
+        host=spec.host, http_port=spec.http_port, grpc_port=spec.grpc_port, metrics_port=spec.metrics_port,
+        log_path=server.log_path(), started_at=started, ready_s=ready_s, **server.handle(),
     )
     state.save(record)
     return server, record
 
 
-def follow(server, record: state.ServerRecord, emit: Callable[[str], None], poll_s: float = 0.3) -> None:
+def attach(record: state.ServerRecord) -> Server:
+    return server_class(record.runtime).attach(record)
+
+
+def follow(server: Server, record: state.ServerRecord, emit, poll_s: float = 0.3) -> None:
     """Foreground mode: print the server's log as it grows until the server exits."""
     path = Path(record.log_path) if record.log_path else None
     offset = path.stat().st_size if path and path.exists() else 0
@@ -99,30 +100,17 @@ def follow(server, record: state.ServerRecord, emit: Callable[[str], None], poll
             if chunk:
                 emit(chunk.decode("utf-8", "replace").rstrip("\n"))
         time.sleep(poll_s)
+    tail = server.logs()
+    server.stop()  # a container kept for its log, a Ray head: nothing outlives the server
     state.remove(record.name)
-    raise ServerError(f"the server exited; last log lines:\n{log_tail(path) if path else ''}",
-                      "see the log above, then serve again")
-
-
-def _docker_command(record: state.ServerRecord, *args: str, timeout: float = 30):
-    from tritonkit.runtime.docker import run_docker
-
-    return run_docker(["docker", *args, record.container], timeout=timeout)
+    raise ServerError(f"the server exited; last log lines:\n{tail}", "see the log above, then serve again")
 
 
 def record_alive(record: state.ServerRecord) -> bool:
-    if record.runtime == "local":
-        return record.pid is not None and group_alive(record.pid)
-    res = _docker_command(record, "inspect", "-f", "{{.State.Running}}")
-    return res.returncode == 0 and res.stdout.strip() == "true"
+    return attach(record).is_alive()
 
 
 def stop(record: state.ServerRecord, timeout_s: float = 30) -> None:
     """Stop a recorded server and everything it started; forget it."""
-    if record.runtime == "local":
-        if record.pid is not None:
-            stop_group(record.pid, timeout_s)
-    else:
-        _docker_command(record, "stop", "-t", str(int(timeout_s)), timeout=timeout_s + 30)
-        _docker_command(record, "rm", "-f")
+    attach(record).stop(timeout_s)
     state.remove(record.name)

@@ -18,8 +18,9 @@ def _say(message: str) -> None:
 @click.command()
 @click.option("--repository", "-r", type=click.Path(file_okay=False, path_type=Path), default="model_repository",
               show_default=True, help="Model repository written by `tritonkit build`.")
-@click.option("--runtime", type=click.Choice(["auto", "docker", "local"]), default="auto", show_default=True,
-              help="auto: docker where an engine answers, else local.")
+@click.option("--runtime", default="auto", show_default=True,
+              help="auto (docker where an engine answers, else local), local, docker, or another runtime of "
+                   "tritonkit.runtime.base.RUNTIMES.")
 @click.option("--name", default="tritonkit", show_default=True, help="Server name, for status/stop and several servers on one host.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address the ports are bound to.")
 @click.option("--http-port", default=8000, show_default=True)
@@ -34,6 +35,7 @@ def serve(repository, runtime, name, host, http_port, grpc_port, metrics_port, d
     from rich.console import Console
 
     from tritonkit import serving
+    from tritonkit.runtime.base import RuntimeOptions
     from tritonkit.runtime.spec import ServerSpec
 
     spec = ServerSpec(repository=repository.resolve(), name=name, host=host, http_port=http_port,
@@ -45,8 +47,8 @@ def serve(repository, runtime, name, host, http_port, grpc_port, metrics_port, d
             def progress(phase: str, elapsed: float) -> None:
                 status.update(f"{phase} ({elapsed:.0f} s)")
 
-            server, record = serving.start(spec, runtime, timeout_s, say=_say, on_progress=progress,
-                                           detach=detach, image=image, gpus=gpus)
+            options = RuntimeOptions(detach=detach, image=image, gpus=gpus, say=_say)
+            server, record = serving.start(spec, runtime, timeout_s, options, on_progress=progress)
         click.echo(f"ready in {record.ready_s:.1f} s ({record.runtime} runtime): models {', '.join(record.models)}")
         click.echo(f"  grpc    {record.grpc_url}\n  http    http://{record.http_url}\n"
                    f"  metrics http://{host}:{metrics_port}/metrics")
@@ -58,7 +60,7 @@ def serve(repository, runtime, name, host, http_port, grpc_port, metrics_port, d
         click.echo("serving in the foreground; Ctrl-C stops the server", err=True)
         serving.follow(server, record, lambda text: click.echo(text, err=True))
     except KeyboardInterrupt:
-        if server is not None:
+        if server is not None:  # a start that was interrupted cleaned up after itself
             _say("stopping the server...")
             server.stop()
             from tritonkit.runtime import state

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
+from tritonkit.buildrecord import BuildRecord
 from tritonkit.errors import UsageError
 from tritonkit.paths import shipped
 from tritonkit.perf import cost as cost_mod
@@ -103,15 +104,15 @@ def _loads(opts: Options, preset: dict) -> tuple[list[Load], bool]:
     return [Load(kind, v) for v in values], len(values) > 1
 
 
-def _build_record(opts: Options) -> dict | None:
+def _build_record(opts: Options) -> BuildRecord | None:
     if not opts.repository:
         return None
-    from tritonkit.repository import load_build
+    from tritonkit import buildrecord
 
-    return load_build(opts.repository, opts.model)
+    return buildrecord.load(opts.repository, opts.model)
 
 
-def _price(opts: Options, build: dict | None) -> dict | None:
+def _price(opts: Options, build: BuildRecord | None) -> dict | None:
     if opts.price is not None:
         if opts.price <= 0:
             raise UsageError("--price must be positive (USD per hour)")
@@ -121,10 +122,10 @@ def _price(opts: Options, build: dict | None) -> dict | None:
 
         prof = get_profile(opts.gpu)
         return {"price_per_hour": prof.price_per_hour, "source": f"GPU profile {prof.name} ({prof.instance})", "gpu": prof.name}
-    if build and build.get("gpu", {}).get("price_per_hour"):
-        g = build["gpu"]
-        return {"price_per_hour": g["price_per_hour"], "source": f"build.json GPU profile {g.get('profile')} ({g.get('instance')})",
-                "gpu": g.get("profile")}
+    if build and build.gpu.price_per_hour:
+        g = build.gpu
+        return {"price_per_hour": g.price_per_hour, "source": f"build.json GPU profile {g.profile} ({g.instance})",
+                "gpu": g.profile}
     return None
 
 
@@ -192,13 +193,13 @@ def resolve(opts: Options, say=lambda m: print(m, file=sys.stderr)) -> Plan:
         raise UsageError("--warmup cannot be negative")
     bounds = slo.parse(opts.slo if opts.slo is not None else preset.get("slo"))
     build = _build_record(opts)
-    model = opts.model or (build or {}).get("model_name")
+    model = opts.model or (build.model_name if build else None)
     if not model:
         raise UsageError("no model named", "pass --model, or --repository with a tritonkit build")
     # Workload.
     tok_path = opts.tokenizer
     if tok_path is None and build:
-        src = build.get("model", {}).get("source")
+        src = build.model.source
         tok_path = src if src and Path(src).is_dir() else None
     tokenizer = load_tokenizer(tok_path) if tok_path else None
     if tokenizer is None:

@@ -23,6 +23,7 @@ from typing import Callable
 
 from tritonkit.errors import ServerError, UsageError
 from tritonkit.runtime import health
+from tritonkit.runtime.base import Progress, RuntimeOptions, Server
 from tritonkit.runtime.spec import ServerSpec
 
 # The one pin of the NGC release (the Dockerfile's ARG default must match; a test checks it).
@@ -209,11 +210,11 @@ def tritonserver_command(spec: ServerSpec, repository: Path) -> list[str]:
     return cmd
 
 
-def run_args(spec: ServerSpec, image: str, build: dict | None = None, gpus: str = "all",
+def run_args(spec: ServerSpec, image: str, model_name: str | None = None, gpus: str = "all",
              detach: bool = False) -> list[str]:
     """The exact `docker run` argument list for serving spec.repository.
 
-    `build` (the repository's build.json, if any) only adds a label naming the model.
+    `model_name` (the build's, for a repository of one tritonkit build) only adds a label.
     Detached containers are kept after they exit (no --rm) so a crash's log stays readable;
     `DockerServer.stop` removes them.
     """
@@ -246,8 +247,8 @@ def run_args(spec: ServerSpec, image: str, build: dict | None = None, gpus: str 
 
     labels = {"tritonkit.server": spec.name, "tritonkit.repository": str(repository),
               "tritonkit.http_port": str(spec.http_port)}
-    if build and build.get("model_name"):
-        labels["tritonkit.model"] = str(build["model_name"])
+    if model_name:
+        labels["tritonkit.model"] = model_name
     for key, value in labels.items():
         argv += ["--label", f"{key}={value}"]
 
@@ -259,18 +260,30 @@ def _last_line(text: str | None) -> str:
     return lines[-1] if lines else ""
 
 
-class DockerServer:
+class DockerServer(Server):
     """One Triton server in a container: start, wait_ready, logs, stop."""
 
-    def __init__(self, spec: ServerSpec, image: str | None = None, gpus: str = "all",
-                 build: dict | None = None, runner: Runner = run_docker):
-        self.spec = spec
-        self.image = image or default_image()
-        self.gpus = gpus
-        self.build = build
+    runtime = "docker"
+
+    def __init__(self, spec: ServerSpec, builds=(), options: RuntimeOptions | None = None,
+                 runner: Runner = run_docker):
+        super().__init__(spec, list(builds), options or RuntimeOptions())
+        self.image = self.options.image or default_image()
+        self.gpus = self.options.gpus
         self.runner = runner
         self.name = container_name(spec)
         self.process: subprocess.Popen | None = None  # the attached `docker run` in the foreground
+
+    @classmethod
+    def attach(cls, record) -> "DockerServer":
+        spec = ServerSpec(repository=Path(record.repository), name=record.name, host=record.host,
+                          http_port=record.http_port, grpc_port=record.grpc_port, metrics_port=record.metrics_port)
+        server = cls(spec)
+        server.name = record.container or server.name
+        return server
+
+    def handle(self) -> dict:
+        return {"container": self.name}
 
     def _docker(self, *args: str, timeout: float = 30):
         return self.runner(["docker", *args], timeout=timeout)
@@ -280,9 +293,11 @@ class DockerServer:
         res = self._docker("inspect", "-f", "{{.State.Running}}", self.name)
         return res.stdout.strip() if res.returncode == 0 else None
 
-    def start(self, detach: bool = False) -> None:
+    def start(self) -> None:
+        detach = self.options.detach
         require_docker(self.runner)
-        argv = run_args(self.spec, self.image, self.build, self.gpus, detach)
+        model_name = self.builds[0].model_name if len(self.builds) == 1 else None
+        argv = run_args(self.spec, self.image, model_name, self.gpus, detach)
         if self._docker("image", "inspect", self.image).returncode != 0:
             raise ServerError(f"the image {self.image} is not on this machine",
                               "build it with `tritonkit image` (or `docker pull` it)")
@@ -310,24 +325,20 @@ class DockerServer:
             return self.process.poll() is None
         return self._state() == "true"
 
-    def logs(self, tail: int | None = None) -> str:
-        args = ["logs"] + (["--tail", str(tail)] if tail else []) + [self.name]
+    def logs(self, lines: int | None = 30) -> str:
+        args = ["logs"] + (["--tail", str(lines)] if lines else []) + [self.name]
         res = self._docker(*args)
         if res.returncode != 0:
             return "(no log: the container is gone" + ("; its output is above)" if self.process else ")")
         return (res.stdout or "") + (res.stderr or "")
 
-    def wait_ready(self, models: list[str], timeout_s: float,
-                   on_progress: Callable[[str, float], None] | None = None) -> float:
+    def wait_ready(self, models: list[str], timeout_s: float, on_progress: Progress | None = None) -> float:
         return health.wait_ready(self.spec.http_url, models, timeout_s, self.is_alive,
-                                 self.log_tail, on_progress)
+                                 lambda: self.logs(30), on_progress)
 
     def wait(self) -> int:
         """Block until an attached server exits; its exit code."""
         return self.process.wait() if self.process is not None else 0
-
-    def log_tail(self, lines: int = 30) -> str:
-        return self.logs(tail=lines)
 
     def stop(self, timeout_s: float | None = None) -> None:
         grace = int(timeout_s) if timeout_s else self.spec.exit_timeout_s + 5

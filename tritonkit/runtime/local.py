@@ -15,6 +15,7 @@ from typing import Callable
 
 from tritonkit.errors import ServerError
 from tritonkit.paths import home
+from tritonkit.runtime.base import Progress, RuntimeOptions, Server
 from tritonkit.runtime.health import wait_ready as wait_http_ready
 from tritonkit.runtime.install import TritonInstall, ensure_triton, python_libdir
 from tritonkit.runtime.spec import ServerSpec, check_ports_free
@@ -63,20 +64,41 @@ def server_env(spec: ServerSpec, install: TritonInstall) -> dict[str, str]:
     env["LC_ALL"] = env["LANG"] = "C.UTF-8"
     env.pop("PYTHONPATH", None)
     env["TRITONKIT_ENGINE_PYTHON"] = sys.executable
+    # The engine runs this very tritonkit (a checkout or worktree may differ from the installed one).
+    env["TRITONKIT_ENGINE_PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
     env.update(spec.env)
     return env
 
 
-class LocalServer:
+class LocalServer(Server):
     """One tritonserver process (and its process group: stubs and vLLM engines)."""
 
-    def __init__(self, spec: ServerSpec, install: TritonInstall | None = None, say: Callable[[str], None] = lambda m: None):
-        self.spec = spec
+    runtime = "local"
+
+    def __init__(self, spec: ServerSpec, builds=(), options: RuntimeOptions | None = None,
+                 install: TritonInstall | None = None):
+        super().__init__(spec, list(builds), options or RuntimeOptions())
         self.install = install
-        self.say = say
         self.proc: subprocess.Popen | None = None
         self.pid: int | None = None
-        self.log_path = server_dir(spec.name) / "server.log"
+        self.log_file = server_dir(spec.name) / "server.log"
+
+    @classmethod
+    def attach(cls, record) -> "LocalServer":
+        from tritonkit.runtime.spec import ServerSpec as Spec
+
+        server = cls(Spec(repository=Path(record.repository), name=record.name, host=record.host,
+                          http_port=record.http_port, grpc_port=record.grpc_port, metrics_port=record.metrics_port))
+        server.pid = record.pid
+        if record.log_path:
+            server.log_file = Path(record.log_path)
+        return server
+
+    def handle(self) -> dict:
+        return {"pid": self.pid}
+
+    def log_path(self) -> str | None:
+        return str(self.log_file)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -85,10 +107,10 @@ class LocalServer:
             raise ServerError(f"model repository {self.spec.repository} does not exist",
                               "run `tritonkit build` first, or pass --repository")
         check_ports_free(self.spec)
-        self.install = self.install or ensure_triton(self.say)
+        self.install = self.install or ensure_triton(self.options.say)
         install_vllm_backend(self.install)
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "wb")
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_file, "wb")
         # The stub embeds Python in isolated mode (PYTHONPATH is ignored) with the working
         # directory first on sys.path: running the server in stub-site gives the stub numpy<2.
         self.proc = subprocess.Popen(
@@ -102,15 +124,10 @@ class LocalServer:
     def is_alive(self) -> bool:
         if self.proc is not None:
             return self.proc.poll() is None
-        return self.pid is not None and pid_alive(self.pid)
+        return self.pid is not None and group_alive(self.pid)
 
-    def wait_ready(self, models: list[str], timeout_s: float = 600,
-                   on_progress: Callable[[str, float], None] | None = None) -> float:
-        try:
-            return wait_http_ready(self.spec.http_url, models, timeout_s, self.is_alive, self.log_tail, on_progress)
-        except BaseException:
-            self.stop()
-            raise
+    def wait_ready(self, models: list[str], timeout_s: float = 600, on_progress: Progress | None = None) -> float:
+        return wait_http_ready(self.spec.http_url, models, timeout_s, self.is_alive, self.logs, on_progress)
 
     def stop(self, timeout_s: float | None = None) -> None:
         """SIGTERM the whole process group, then SIGKILL what is left."""
@@ -119,8 +136,8 @@ class LocalServer:
         timeout_s = self.spec.exit_timeout_s + 15 if timeout_s is None else timeout_s
         stop_group(self.pid, timeout_s, self.proc)
 
-    def log_tail(self, lines: int = 12) -> str:
-        return relevant_log_lines(self.log_path, lines)
+    def logs(self, lines: int = 12) -> str:
+        return relevant_log_lines(self.log_file, lines)
 
     def __enter__(self) -> "LocalServer":
         self.start()

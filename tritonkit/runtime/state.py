@@ -15,15 +15,17 @@ from tritonkit.paths import home
 @dataclass
 class ServerRecord:
     name: str
-    runtime: str  # "local" or "docker"
+    runtime: str  # a name in runtime.base.RUNTIMES
     repository: str
     models: list[str]
     host: str
     http_port: int
     grpc_port: int
     metrics_port: int
+    api: str = "triton"  # what clients speak: "triton" (gRPC + HTTP /v2) or "openai"
     pid: int | None = None  # local: the server's pid, which is also its process group
     container: str | None = None  # docker: container name
+    address: str | None = None  # ray: the cluster's address
     log_path: str | None = None
     started_at: float = 0.0
     ready_s: float | None = None
@@ -49,17 +51,29 @@ def save(record: ServerRecord) -> None:
     path = record_path(record.name)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(asdict(record), indent=2) + "\n")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(asdict(record), indent=2) + "\n")
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise UsageError(f"cannot write the server record {path}: {err.strerror or err}",
+                         "free some disk space in $TRITONKIT_HOME") from None
 
 
 def load(name: str) -> ServerRecord | None:
     path = record_path(name)
     if not path.is_file():
         return None
-    data = json.loads(path.read_text())
+    fix = f"remove it (rm {path}) and stop the server by hand if it still runs"
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise UsageError(f"the server record {path} is corrupt or unreadable ({err})", fix) from None
     known = {f.name for f in fields(ServerRecord)}  # records from other tritonkit versions may differ
-    return ServerRecord(**{k: v for k, v in data.items() if k in known})
+    try:
+        return ServerRecord(**{k: v for k, v in data.items() if k in known})
+    except (TypeError, AttributeError) as err:
+        raise UsageError(f"the server record {path} is incomplete ({err})", fix) from None
 
 
 def remove(name: str) -> None:

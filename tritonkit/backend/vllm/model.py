@@ -102,7 +102,10 @@ class TritonPythonModel:
             cmd += ["--multi-lora-json", lora_json]
         # cwd is a neutral directory: the server's own cwd holds the stub's numpy<2, which the
         # engine (python -m puts cwd first on sys.path) must not see.
-        return subprocess.Popen(cmd, cwd=self.workdir)
+        env = dict(os.environ)
+        if env.get("TRITONKIT_ENGINE_PYTHONPATH"):
+            env["PYTHONPATH"] = env["TRITONKIT_ENGINE_PYTHONPATH"]
+        return subprocess.Popen(cmd, cwd=self.workdir, env=env)
 
     async def _connect(self):
         deadline = time.monotonic() + ENGINE_START_TIMEOUT_S
