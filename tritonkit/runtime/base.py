@@ -87,6 +87,7 @@ class Server(ABC):
 RUNTIMES: dict[str, str] = {
     "local": "tritonkit.runtime.local:LocalServer",
     "docker": "tritonkit.runtime.docker:DockerServer",
+    "vllm": "tritonkit.runtime.vllm_server:VllmServer",
 }
 
 
