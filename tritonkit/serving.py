@@ -59,7 +59,14 @@ def make_server(spec: ServerSpec, runtime: str, options: RuntimeOptions | None =
 def start(spec: ServerSpec, runtime: str, timeout_s: float, options: RuntimeOptions | None = None,
           on_progress: Progress | None = None) -> tuple[Server, state.ServerRecord]:
     """Start a server, wait until every model is ready, record it; return (server, record).
-    A start that fails or is interrupted leaves nothing running and no record."""
+    A start that fails or is interrupted leaves nothing running and no record. Only one start of a
+    given name runs at a time (state.start_lock)."""
+    with state.start_lock(spec.name):
+        return _start(spec, runtime, timeout_s, options, on_progress)
+
+
+def _start(spec: ServerSpec, runtime: str, timeout_s: float, options: RuntimeOptions | None,
+           on_progress: Progress | None) -> tuple[Server, state.ServerRecord]:
     previous = state.load(spec.name)
     if previous is not None and record_alive(previous):
         raise UsageError(f"a server named {spec.name!r} is already running",

@@ -20,8 +20,8 @@ def _target(url: str | None, model: str | None, name: str | None, protocol: str)
 
     try:
         record = state.find(name, alive=record_alive)
-    except UsageError:
-        if url is None and model is None:
+    except UsageError as err:
+        if (url is None and model is None) or isinstance(err, state.CorruptRecord):
             raise
         record = None
     if record is not None:

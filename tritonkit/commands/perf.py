@@ -39,6 +39,8 @@ from tritonkit.errors import Interrupted, ServerError
 @click.option("--out", default=None, help="Output directory [perf-results/<model>-<time>].")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--on-error", type=click.Choice(["continue", "stop"]), default="continue", show_default=True,
+              help="On a failed request: count it by kind and go on, or stop the run (results kept).")
 def perf(as_json: bool, **options) -> None:
     """Load-test a running server over streaming; report latency, throughput and cost."""
     from tritonkit.perf import session
@@ -51,6 +53,14 @@ def perf(as_json: bool, **options) -> None:
         click.echo(json.dumps(doc, indent=1, default=str))
     else:
         print_summary(doc, files)
+        from tritonkit.perf import faults, readiness
+
+        for line in faults.describe(doc.get("faults")) + readiness.describe(doc.get("readiness")):
+            click.echo(line)
+    if doc.get("results_error"):
+        from tritonkit.perf.journal import ResultsWriteError
+
+        raise ResultsWriteError(doc["results_error"]["message"], doc["results_error"]["hint"])
     where = f"partial results in {plan.out_dir}" if files else "nothing was measured"
     if result.status == "interrupted":
         raise Interrupted(f"run interrupted: {result.message}", where)

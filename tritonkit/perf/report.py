@@ -6,10 +6,12 @@ import base64
 import csv
 import datetime
 import html
+import io
 import json
 from pathlib import Path
 
-from tritonkit.perf import plots
+from tritonkit.perf import faults, plots, readiness
+from tritonkit.perf.journal import write_atomic
 
 
 def _ms(x) -> str:
@@ -68,7 +70,7 @@ def _setup_lines(doc: dict) -> list[tuple[str, str]]:
 
 
 def _notes(doc: dict) -> list[str]:
-    notes = []
+    notes = faults.describe(doc.get("faults")) + readiness.describe(doc.get("readiness"))
     for s in doc["steps"]:
         if s["client_note"]:
             notes.append(f"{s['label']}: {s['client_note']}")
@@ -135,35 +137,40 @@ def html_report(doc: dict, images: dict[str, bytes]) -> str:
 
 
 def write(out_dir: Path, doc: dict, result, bounds=()) -> dict[str, Path]:
-    """Write every file; returns name -> path."""
+    """Write every file, each whole or not at all (journal.write_atomic: a full disk raises a
+    one-line ResultsWriteError and leaves the files already written valid); returns name -> path."""
     out_dir.mkdir(parents=True, exist_ok=True)
     files: dict[str, Path] = {}
     full = dict(doc)
     full["steps"] = [s.to_dict(result.t0, with_samples=True) for s in result.steps]
     files["json"] = out_dir / "results.json"
-    files["json"].write_text(json.dumps(full, indent=1, default=str) + "\n")
+    write_atomic(files["json"], json.dumps(full, indent=1, default=str) + "\n")
     head, rows = step_table(doc)
     files["csv"] = out_dir / "steps.csv"
-    with open(files["csv"], "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(head)
-        w.writerows(rows)
+    write_atomic(files["csv"], _csv([head, *rows]))
     files["requests_csv"] = out_dir / "requests.csv"
     cols = ["step", "index", "intended_s", "sent_s", "done_s", "ttft_s", "e2e_s", "tpot_s", "send_lag_s",
             "prompt_tokens", "input_tokens", "output_tokens", "max_tokens", "finish_reason", "error_kind", "error"]
-    with open(files["requests_csv"], "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(cols)
-        for step in full["steps"]:
-            for r in step["samples"]:
-                w.writerow([step["label"]] + [r.get(c) for c in cols[1:]])
+    write_atomic(files["requests_csv"], _csv([cols] + [[step["label"]] + [r.get(c) for c in cols[1:]]
+                                                       for step in full["steps"] for r in step["samples"]]))
     images: dict[str, bytes] = {}
     if result.steps:
-        files["png_latency"] = plots.latency_vs_throughput(result.steps, out_dir / "latency_vs_throughput.png", bounds)
-        files["png_ttft"] = plots.ttft_distribution(result.steps, out_dir / "ttft_distribution.png")
+        for key, name, draw in (("png_latency", "latency_vs_throughput.png",
+                                 lambda p: plots.latency_vs_throughput(result.steps, p, bounds)),
+                                ("png_ttft", "ttft_distribution.png", lambda p: plots.ttft_distribution(result.steps, p))):
+            buf = io.BytesIO()
+            draw(buf)
+            files[key] = out_dir / name
+            write_atomic(files[key], buf.getvalue())
         images = {"Latency vs throughput": files["png_latency"].read_bytes(), "TTFT distribution": files["png_ttft"].read_bytes()}
     files["md"] = out_dir / "report.md"
-    files["md"].write_text(markdown(doc, {k: p.name for k, p in zip(images, [files.get("png_latency"), files.get("png_ttft")]) if p}))
+    write_atomic(files["md"], markdown(doc, {k: p.name for k, p in zip(images, [files.get("png_latency"), files.get("png_ttft")]) if p}))
     files["html"] = out_dir / "report.html"
-    files["html"].write_text(html_report(doc, images))
+    write_atomic(files["html"], html_report(doc, images))
     return files
+
+
+def _csv(rows: list) -> str:
+    buf = io.StringIO()
+    csv.writer(buf).writerows(rows)
+    return buf.getvalue()

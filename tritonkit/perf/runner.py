@@ -64,9 +64,11 @@ class Stop(Exception):
 
 class Runner:
     def __init__(self, client: StreamClient, workload: Workload, spec: RunSpec,
-                 on_progress: Callable[[dict], None] | None = None):
+                 on_progress: Callable[[dict], None] | None = None,
+                 on_record: Callable[[str, RequestRecord], None] | None = None):
         self.client, self.workload, self.spec = client, workload, spec
         self.on_progress = on_progress or (lambda info: None)
+        self.on_record = on_record or (lambda step, rec: None)  # every finished request (perf.watch)
         self.stop = asyncio.Event()
         self.status, self.message = "ok", ""
         self.next_index = 0
@@ -151,6 +153,7 @@ class Runner:
         windows: list[stability.Window] = []
 
         def finished(rec: RequestRecord) -> None:
+            self.on_record(load.label, rec)
             self.counts["done"] += 1
             self.counts["ok" if rec.ok else "failed"] += 1
             if spec.soak:

@@ -57,6 +57,7 @@ class Options:
     soak: bool = False
     out: str | None = None
     seed: int = 0
+    on_error: str = "continue"  # "stop": end the run at the first failed request
 
 
 @dataclass
@@ -71,6 +72,8 @@ class Plan:
     bounds: list
     out_dir: Path
     meta: dict = field(default_factory=dict)
+    on_error: str = "continue"
+    probe_urls: list = field(default_factory=list)  # readiness probes (perf.readiness)
 
 
 def presets() -> dict[str, Path]:
@@ -130,12 +133,9 @@ def _price(opts: Options, build: BuildRecord | None) -> dict | None:
 
 
 def _records() -> list:
-    try:
-        from tritonkit.runtime import state
+    from tritonkit.runtime import state
 
-        return state.all_records()
-    except Exception:  # noqa: BLE001 - no records is fine: the user passes --url
-        return []
+    return state.all_records()  # a corrupt record is a one-line error, never silently passed over
 
 
 def _url_port(url: str | None) -> tuple[str, int | None]:
@@ -235,22 +235,43 @@ def resolve(opts: Options, say=lambda m: print(m, file=sys.stderr)) -> Plan:
             "load": ", ".join(l.label for l in loads) + (" (sweep)" if is_sweep else ""),
             "duration_s": duration, "requests": opts.requests, "workload": workload.describe(),
             "gpu": (price or {}).get("gpu"), "price": price, "lora": opts.lora, "soak": opts.soak}
-    return Plan(model, url, opts.protocol, spec, workload, price, api, bounds, out_dir, meta)
+    from tritonkit.perf import faults, readiness
+
+    if opts.on_error not in faults.ON_ERROR:
+        raise UsageError(f"--on-error must be one of {', '.join(faults.ON_ERROR)}, got {opts.on_error!r}")
+    probes = readiness.probe_urls(opts.protocol, url, model, record.http_url if record is not None else None)
+    meta["on_error"] = opts.on_error
+    return Plan(model, url, opts.protocol, spec, workload, price, api, bounds, out_dir, meta, opts.on_error, probes)
 
 
-async def _run(plan: Plan, on_progress) -> RunResult:
+async def _run(plan: Plan, on_progress) -> tuple[RunResult, dict]:
     from tritonkit.client import open_client
+    from tritonkit.perf.watch import RunWatch
 
     client = open_client(plan.protocol, plan.url, plan.model)
+    runner = Runner(client, plan.workload, plan.spec, on_progress)
+    watch = RunWatch(plan.out_dir, plan.on_error, plan.probe_urls, runner.halt, plan.meta)
+    runner.on_record = watch.record
+    watch.start()
     try:
-        return await Runner(client, plan.workload, plan.spec, on_progress).run()
+        result = await runner.run()
     finally:
+        await watch.stop()
         await client.close()
+    return result, watch.findings(result.t0, runner.counts)
 
 
 def execute(plan: Plan, on_progress=None) -> tuple[dict, dict, RunResult]:
-    """Run the plan, write its files; returns (summary document, files, raw result)."""
-    result = asyncio.run(_run(plan, on_progress))
+    """Run the plan, write its files; returns (summary document, files, raw result). A results
+    file that could not be written is named in doc["results_error"]; what was written stays valid."""
+    from tritonkit.perf.journal import ResultsWriteError
+
+    result, findings = asyncio.run(_run(plan, on_progress))
     doc = summary.build(result, plan.meta, plan.bounds, plan.price, plan.api_prices)
-    files = report.write(plan.out_dir, doc, result, plan.bounds) if result.steps else {}
+    doc.update(findings)
+    files = {}
+    try:
+        files = report.write(plan.out_dir, doc, result, plan.bounds) if result.steps else {}
+    except ResultsWriteError as err:
+        doc["results_error"] = {"message": err.message, "hint": err.hint}
     return doc, files, result

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 from dataclasses import asdict, dataclass, fields
@@ -10,6 +12,10 @@ from typing import Callable
 
 from tritonkit.errors import UsageError
 from tritonkit.paths import home
+
+
+class CorruptRecord(UsageError):
+    """A server record that cannot be read: never passed over silently, whatever the command."""
 
 
 @dataclass
@@ -68,12 +74,47 @@ def load(name: str) -> ServerRecord | None:
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as err:
-        raise UsageError(f"the server record {path} is corrupt or unreadable ({err})", fix) from None
+        raise CorruptRecord(f"the server record {path} is corrupt or unreadable ({err})", fix) from None
     known = {f.name for f in fields(ServerRecord)}  # records from other tritonkit versions may differ
     try:
-        return ServerRecord(**{k: v for k, v in data.items() if k in known})
+        record = ServerRecord(**{k: v for k, v in data.items() if k in known})
     except (TypeError, AttributeError) as err:
-        raise UsageError(f"the server record {path} is incomplete ({err})", fix) from None
+        raise CorruptRecord(f"the server record {path} is incomplete ({err})", fix) from None
+    wrong = [k for k, kinds in _TYPES.items() if not isinstance(getattr(record, k), kinds)
+             or isinstance(getattr(record, k), bool)]
+    if wrong:
+        raise CorruptRecord(f"the server record {path} is corrupt (wrong type for {', '.join(wrong)})", fix)
+    return record
+
+
+# What each field must hold (a hand-edited or damaged record fails here, not deep in a command).
+_TYPES = {"name": str, "runtime": str, "repository": str, "models": list, "host": str, "http_port": int,
+          "grpc_port": int, "metrics_port": int, "api": str, "pid": (int, type(None)),
+          "container": (str, type(None)), "address": (str, type(None)), "log_path": (str, type(None)),
+          "started_at": (int, float), "ready_s": (int, float, type(None))}
+
+
+@contextlib.contextmanager
+def start_lock(name: str):
+    """Held for the whole start of server `name`: a second `serve --name X` at the same time
+    refuses at once instead of racing the first for its ports and record. flock, so a start that
+    dies (even by kill -9) releases it."""
+    path = _records_dir() / name / "serve.lock"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as err:
+        raise UsageError(f"cannot create the start lock {path}: {err.strerror or err}",
+                         "check that $TRITONKIT_HOME is writable") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UsageError(f"a server named {name!r} is being started by another `tritonkit serve` right now "
+                             f"(lock {path})", "wait for it to be ready, or give this one another --name") from None
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def remove(name: str) -> None:

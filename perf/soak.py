@@ -1,0 +1,232 @@
+"""An hour at a steady rate on the tiny model: does memory stay flat, is every request accounted
+for, and does serving survive an engine kill? (A benchmark, not a CI test.)
+
+It builds the tiny model, starts a local server, runs `tritonkit perf --soak` against it in a
+subprocess, and every --sample-every seconds records the resident memory (RSS) of the client
+(perf) and of the server's processes by role: Triton, the Python backend stub, tritonkit's engine
+process, and vLLM's EngineCore/Worker. Halfway through it kills the engine with SIGKILL. At the
+end it prints the memory curve, requests sent/ok/errors (by kind) and the not-ready intervals, and
+checks: memory flat within 10 % after warm-up, 0 requests lost (every request perf sent is in its
+results file, ok or as a counted error), and the errors against the requests in flight at the kill.
+
+    PYTHONPATH=. .venv/bin/python perf/soak.py [--duration 3600] [--rate 2] [--sample-every 60]
+        [--warmup 600] [--kill-engine-at 0.5] [--out perf-results/soak]
+
+Everything is written as it happens (memory.jsonl here, requests.jsonl by perf), so a killed soak
+leaves valid partial results; the verdict goes to soak.json. Exit 0 when every check passed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tritonkit.perf import journal  # noqa: E402
+from tritonkit.runtime.local import group_members  # noqa: E402
+from tritonkit.runtime.spec import free_port  # noqa: E402
+
+ROLES = ("client", "triton", "stub", "engine", "vllm")
+FLAT = 0.10
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def role_of(cmdline: str) -> str | None:
+    if "tritonserver" in cmdline.split(" ", 1)[0]:
+        return "triton"
+    if "triton_python_backend_stub" in cmdline:
+        return "stub"
+    if "tritonkit.backend.engine" in cmdline:
+        return "engine"
+    if cmdline.startswith("VLLM::") or "multiprocessing.resource_tracker" in cmdline:
+        return "vllm"
+    return None
+
+
+def _read(pid: int) -> tuple[str, int] | None:
+    try:
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+        rss_pages = int(Path(f"/proc/{pid}/statm").read_text().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return cmd, rss_pages * PAGE
+
+
+def sample_rss(client_pid: int | None, server_pgid: int) -> dict[str, float]:
+    """MiB by role (0 where no process of that role runs)."""
+    mib = {r: 0.0 for r in ROLES}
+    if client_pid is not None and (got := _read(client_pid)):
+        mib["client"] = got[1] / 2**20
+    for pid in group_members(server_pgid):
+        got = _read(pid)
+        role = role_of(got[0]) if got else None
+        if role:
+            mib[role] += got[1] / 2**20
+    return {k: round(v, 1) for k, v in mib.items()}
+
+
+def engine_pids(server_pgid: int) -> list[int]:
+    return [p for p in group_members(server_pgid) if (got := _read(p)) and role_of(got[0]) == "engine"]
+
+
+def flatness(samples: list[dict], warmup_s: float, kill_t: float | None) -> dict[str, dict]:
+    """Per role: min/max MiB after warm-up and the spread (max/min - 1), the worst of two segments
+    when the engine was killed: before the kill, and after a fresh warm-up following it (the
+    engine's processes are new, or gone, after a kill)."""
+    segments = [(warmup_s, float("inf"))] if kill_t is None else [(warmup_s, kill_t), (kill_t + warmup_s, float("inf"))]
+    out = {}
+    for role in (*ROLES, "server"):
+        worst = None
+        for lo_t, hi_t in segments:
+            values = [s["server"] if role == "server" else s["mib"][role] for s in samples if lo_t <= s["t"] < hi_t]
+            values = [v for v in values if v > 0]
+            if not values:
+                continue
+            lo, hi = min(values), max(values)
+            seg = {"samples": len(values), "min": lo, "max": hi, "spread": round(hi / lo - 1, 4)}
+            if worst is None or seg["spread"] > worst["spread"]:
+                worst = seg
+        out[role] = ({**worst, "flat": worst["spread"] <= FLAT} if worst else
+                     {"samples": 0, "min": None, "max": None, "spread": None, "flat": None})
+    return out
+
+
+def account(events: list[dict], kill_offset_s: float | None) -> dict:
+    """Requests in perf's results file: ok, errors by kind, in flight at the kill; lost = sent - recorded."""
+    requests = [e for e in events if e["type"] == "request"]
+    end = next((e for e in events if e["type"] == "end"), None)
+    errors: dict[str, int] = {}
+    for r in requests:
+        if r["error_kind"]:
+            errors[r["error_kind"]] = errors.get(r["error_kind"], 0) + 1
+    in_flight = None
+    if kill_offset_s is not None:
+        in_flight = sum(1 for r in requests if r["sent_s"] is not None and r["sent_s"] <= kill_offset_s
+                        and (r["done_s"] is None or r["done_s"] >= kill_offset_s))
+    sent = end["counts"]["sent"] if end else None
+    return {"recorded": len(requests), "ok": sum(1 for r in requests if not r["error_kind"]),
+            "errors": sum(errors.values()), "errors_by_kind": errors, "sent": sent,
+            "lost": None if sent is None else sent - len(requests), "complete": end is not None,
+            "in_flight_at_kill": in_flight,
+            "errors_after_kill": sum(1 for r in requests if r["error_kind"] and kill_offset_s is not None
+                                     and (r["done_s"] or 0) >= kill_offset_s),
+            "not_ready": end["readiness"]["not_ready"] if end else None}
+
+
+def tk(*args: str, env: dict, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tritonkit", *args], env=env, text=True, capture_output=True, **kw)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--duration", type=float, default=3600.0)
+    ap.add_argument("--rate", type=float, default=2.0)
+    ap.add_argument("--sample-every", type=float, default=60.0)
+    ap.add_argument("--warmup", type=float, default=600.0, help="seconds before memory must be flat")
+    ap.add_argument("--kill-engine-at", type=float, default=0.5, help="fraction of the run (0: no kill)")
+    ap.add_argument("--timeout", type=float, default=30.0, help="per-request timeout (s)")
+    ap.add_argument("--out", default="perf-results/soak")
+    args = ap.parse_args(argv)
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    say = (lambda m: print(f"[soak {time.strftime('%H:%M:%S')}] {m}", flush=True))
+
+    from tritonkit.tinymodel import build_tiny_llama
+
+    if not (out / "repo" / "tiny").is_dir():
+        build_tiny_llama(out / "tiny")
+        got = tk("build", str(out / "tiny"), "--gpu", "cpu", "--name", "tiny", "-o", str(out / "repo"), env=env)
+        if got.returncode:
+            sys.exit(f"build failed: {got.stderr.strip()}")
+    name = f"soak-{os.getpid()}"
+    http, grpc, metrics = free_port(), free_port(), free_port()
+    got = tk("serve", "-r", str(out / "repo"), "--runtime", "local", "--name", name, "--detach",
+             "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics), env=env)
+    if got.returncode:
+        sys.exit(f"serve failed: {got.stderr.strip()}")
+    say(got.stdout.splitlines()[0])
+    from tritonkit.runtime import state
+
+    record = state.load(name)
+    pgid = record.pid
+    perf_dir = out / "perf"
+    perf_log = open(out / "perf.log", "w")
+    perf = subprocess.Popen([sys.executable, "-m", "tritonkit", "perf", "--url", f"127.0.0.1:{grpc}", "--model", "tiny",
+                             "--rate", f"{args.rate:g}", "--duration", f"{args.duration:g}", "--soak",
+                             "--timeout", f"{args.timeout:g}", "--out", str(perf_dir), "--on-error", "continue"],
+                            env=env, stdout=perf_log, stderr=subprocess.STDOUT)
+    t0, wall0 = time.monotonic(), time.time()
+    kill_at = args.duration * args.kill_engine_at if args.kill_engine_at > 0 else None
+    kill_t = kill_wall = None
+    samples: list[dict] = []
+    mem_file = journal.Journal(out, on_error=lambda err: say(str(err)), name="memory.jsonl")
+    next_sample = 0.0
+    try:
+        while perf.poll() is None:
+            t = time.monotonic() - t0
+            if t >= next_sample:
+                mib = sample_rss(perf.pid, pgid)
+                sample = {"type": "sample", "t": round(t, 3), "mib": mib,
+                          "server": round(sum(v for k, v in mib.items() if k != "client"), 1)}
+                samples.append(sample)
+                mem_file.write(sample)
+                say("RSS MiB " + ", ".join(f"{k} {v:.0f}" for k, v in mib.items()))
+                next_sample += args.sample_every
+            if kill_at is not None and kill_t is None and t >= kill_at:
+                pids = engine_pids(pgid)
+                for pid in pids:
+                    os.kill(pid, signal.SIGKILL)
+                kill_t, kill_wall = time.monotonic() - t0, time.time()
+                say(f"killed the engine (pid {', '.join(map(str, pids)) or 'none found'}) at {t:.0f} s")
+                mem_file.write({"type": "kill", "t": round(t, 1), "pids": pids})
+            time.sleep(min(1.0, max(0.05, next_sample - (time.monotonic() - t0))))
+    finally:
+        if perf.poll() is None:
+            perf.send_signal(signal.SIGINT)
+            perf.wait(60)
+        mem_file.close()
+        tk("stop", "--name", name, env=env)
+    events, cut = journal.read(perf_dir)
+    header = next((e for e in events if e["type"] == "run"), {})
+    kill_offset = (kill_wall - header["started_at"]) if kill_wall and header.get("started_at") else None
+    acct = account(events, kill_offset)
+    flat = flatness(samples, args.warmup, kill_t)
+    verdict = {"duration_s": args.duration, "rate": args.rate, "perf_exit": perf.returncode, "results_cut": cut,
+               "kill_t": kill_t, "requests": acct, "memory": flat, "samples": samples,
+               "checks": {"memory_flat": all(v["flat"] is not False for v in flat.values()),
+                          "none_lost": acct["lost"] == 0 and not cut,
+                          "errors_equal_in_flight_at_kill": (acct["errors"] == acct["in_flight_at_kill"])
+                          if kill_offset is not None else None}}
+    journal.write_atomic(out / "soak.json", json.dumps(verdict, indent=1) + "\n")
+    print_verdict(verdict)
+    return 0 if all(v is not False for v in verdict["checks"].values()) else 1
+
+
+def print_verdict(v: dict) -> None:
+    killed = "-" if v["kill_t"] is None else f"{v['kill_t']:.0f}"
+    print(f"\nmemory (RSS MiB) every sample; engine killed at {killed} s")
+    print(f"{'t (s)':>8} " + " ".join(f"{r:>8}" for r in (*ROLES, "server")))
+    for s in v["samples"]:
+        print(f"{s['t']:>8.0f} " + " ".join(f"{s['mib'][r]:>8.0f}" for r in ROLES) + f" {s['server']:>8.0f}")
+    print("\nafter warm-up: " + "; ".join(f"{r} {m['min']:.0f}-{m['max']:.0f} MiB ({m['spread']:+.1%})"
+                                          for r, m in v["memory"].items() if m["samples"]))
+    a = v["requests"]
+    print(f"requests: sent {a['sent']}, recorded {a['recorded']}, ok {a['ok']}, errors {a['errors']} "
+          f"{a['errors_by_kind']}, lost {a['lost']}; in flight at the kill {a['in_flight_at_kill']}, "
+          f"errors after the kill {a['errors_after_kill']}")
+    for span in a["not_ready"] or []:
+        print(f"not ready {span['start_s']:.1f}-{span['end_s']:.1f} s ({span['duration_s']:.1f} s): {span['detail']}")
+    print("checks: " + ", ".join(f"{k} {'-' if ok is None else ('PASS' if ok else 'FAIL')}" for k, ok in v["checks"].items()))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
