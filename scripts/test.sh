@@ -3,4 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+bash scripts/install_container_engine.sh  # podman + a local base image where no Docker engine answers
 exec .venv/bin/python -m pytest "$@"

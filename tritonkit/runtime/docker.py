@@ -1,14 +1,15 @@
-"""The docker runtime: Triton with the vLLM backend in NVIDIA's NGC container.
+"""The docker runtime: Triton with the vLLM backend in a container, on Docker or podman.
 
-What tritonkit hands to Docker is built by pure functions (`build_image_args`, `run_args`), so
-the exact argument lists can be checked without an engine. Every call to the `docker` client
-goes through one `runner` (default: `run_docker`), which tests replace.
+What tritonkit hands to the engine is built by pure functions (`run_args`, and image.py's build
+arguments), so the exact argument lists can be checked without an engine. Every call to the
+client goes through one `runner` (default: `engine.run_engine`), which tests replace; which
+engine answers and the flags it accepts are engine.py's.
 
 Paths: model.json holds absolute paths, so the container sees the repository, every absolute
 model/adapter path it references and the Hugging Face cache at the *same* absolute paths as the
 host. The container runs as the calling user, so what it writes to the cache stays theirs.
 Secrets (HF_TOKEN and secret-looking keys of spec.env) are passed by name only: their values go
-to the docker client through its environment and never appear in an argument, a file or a layer.
+to the client through its environment and never appear in an argument, a file or a layer.
 """
 
 from __future__ import annotations
@@ -16,113 +17,47 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
-from typing import Callable
 
 from tritonkit.errors import ServerError, UsageError
+from tritonkit.runtime import engine as engines
 from tritonkit.runtime import health
 from tritonkit.runtime.base import Progress, RuntimeOptions, Server
+from tritonkit.runtime.engine import DOCKER, Engine, Runner, run_engine
+from tritonkit.runtime.image import (  # noqa: F401  (re-exported: the image's names live in image.py)
+    BASE_IMAGE, CPU_IMAGE, DEFAULT_IMAGE, DEVICE_LABEL, NGC_RELEASE, base_image, build_image_args, default_image,
+    dockerfiles_dir, image_labels)
+from tritonkit.runtime.local import relevant_log_lines, server_dir
 from tritonkit.runtime.spec import ServerSpec
-
-# The one pin of the NGC release (the Dockerfile's ARG default must match; a test checks it).
-NGC_RELEASE = "25.12"
-BASE_IMAGE = f"nvcr.io/nvidia/tritonserver:{NGC_RELEASE}-vllm-python-py3"
-DEFAULT_IMAGE = f"tritonkit-vllm:{NGC_RELEASE}"
 
 SHM_SIZE = "4g"  # a limit, not a reservation: the Python backend and NCCL use /dev/shm
 CONTAINER_PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}
 PATH_KEYS = ("model", "tokenizer")  # model.json values that may name a local path
 PASSTHROUGH = ("HF_TOKEN",)  # forwarded by name when set in the caller's environment
-NO_ENGINE_HINT = "install Docker and the NVIDIA Container Toolkit, or use --runtime local"
 
-Runner = Callable[..., "subprocess.CompletedProcess[str] | subprocess.Popen"]
-
-
-def base_image() -> str:
-    return os.environ.get("TRITONKIT_BASE_IMAGE") or BASE_IMAGE
+run_docker = run_engine  # the default runner (older name)
 
 
-def default_image() -> str:
-    return os.environ.get("TRITONKIT_IMAGE") or DEFAULT_IMAGE
+def docker_available(runner: Runner = run_engine) -> bool:
+    """For `--runtime auto`: an engine answers and a tritonkit serving image is on the machine."""
+    engine, _ = engines.probe(runner, timeout_s=5.0)
+    if engine is None:
+        return False
+    return any(image_labels(runner, engine.client, tag) is not None for tag in (default_image(), CPU_IMAGE))
 
 
-def dockerfiles_dir() -> Path:
-    """The build context holding the Dockerfile: $TRITONKIT_DOCKERFILES, else the one tritonkit ships."""
-    from tritonkit.paths import shipped
-
-    folder = Path(os.environ.get("TRITONKIT_DOCKERFILES") or shipped("dockerfiles"))
-    if not (folder / "Dockerfile").is_file():
-        raise UsageError(f"no Dockerfile in {folder}", "set TRITONKIT_DOCKERFILES to a folder holding one, or unset it")
-    return folder
+def require_docker(runner: Runner = run_engine) -> Engine:
+    return engines.detect(runner)
 
 
-def run_docker(argv: list[str], *, stream: bool = False, timeout: float | None = None,
-               env: dict[str, str] | None = None):
-    """The one place that runs the docker client.
-
-    stream=True starts it with the terminal's stdout/stderr and returns the Popen;
-    otherwise waits and returns a CompletedProcess with text stdout/stderr.
-    """
-    try:
-        if stream:
-            return subprocess.Popen(argv, env=env)
-        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env)
-    except FileNotFoundError:
-        raise ServerError("the docker client is not installed (no `docker` on PATH)", NO_ENGINE_HINT) from None
-
-
-# -- engine ---------------------------------------------------------------------------------
-
-def docker_available(runner: Runner = run_docker, timeout_s: float = 5.0) -> bool:
-    """True when a docker client is on PATH and its engine answers `docker info`."""
-    return _engine_problem(runner, timeout_s) is None
-
-
-def _engine_problem(runner: Runner, timeout_s: float) -> str | None:
-    if shutil.which("docker") is None:
-        return "the docker client is not installed (no `docker` on PATH)"
-    try:
-        res = runner(["docker", "info", "--format", "{{.ServerVersion}}"], timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        return f"the Docker engine did not answer `docker info` within {timeout_s:.0f} s"
-    if res.returncode != 0:
-        detail = _last_line(res.stderr) or _last_line(res.stdout)
-        return "no Docker engine answers" + (f" ({detail})" if detail else "")
-    return None
-
-
-def require_docker(runner: Runner = run_docker) -> None:
-    problem = _engine_problem(runner, 5.0)
-    if problem:
-        raise ServerError(f"Docker is not usable here: {problem}", NO_ENGINE_HINT)
-
-
-# -- image ----------------------------------------------------------------------------------
-
-def build_image_args(context_dir: Path, tag: str, base_image: str, repository: Path | None = None) -> list[str]:
-    """`docker build` for dockerfiles/Dockerfile: mount mode, or the repository baked in at its path."""
-    context_dir = Path(context_dir)
-    argv = ["docker", "build", "-f", str(context_dir / "Dockerfile"), "-t", tag,
-            "--build-arg", f"BASE_IMAGE={base_image}", "--label", "tritonkit=1"]
-    if repository is None:
-        argv += ["--target", "runtime"]
-    else:
-        repository = Path(repository).absolute()
-        if not any(repository.glob("*/config.pbtxt")):
-            raise UsageError(f"{repository} is not a model repository (no <model>/config.pbtxt)",
-                             "pass the folder that `tritonkit build` wrote")
-        argv += ["--target", "baked", "--build-context", f"repository={repository}",
-                 "--build-arg", f"REPOSITORY={repository}", "--label", f"tritonkit.repository={repository}"]
-    return argv + [str(context_dir)]
-
-
-def build_image(argv: list[str], runner: Runner = run_docker) -> None:
-    require_docker(runner)
-    code = runner(argv, stream=True).wait()
-    if code != 0:
-        raise ServerError(f"docker build failed (exit {code})", "see the build output above")
+def image_for(builds, options: RuntimeOptions) -> str:
+    """--image, else $TRITONKIT_IMAGE, else the CPU image for builds of the cpu profile, else NGC's."""
+    if options.image or os.environ.get("TRITONKIT_IMAGE"):
+        return options.image or default_image()
+    if builds and all(b.gpu.profile == "cpu" for b in builds):
+        return CPU_IMAGE
+    return DEFAULT_IMAGE
 
 
 # -- run ------------------------------------------------------------------------------------
@@ -186,16 +121,6 @@ def _csv_field(field: str) -> str:
     return field
 
 
-def _gpus_arg(gpus: str) -> str:
-    gpus = str(gpus).strip()
-    if gpus == "all":
-        return "all"
-    if re.fullmatch(r"\d+(,\d+)*", gpus):
-        # Docker parses --gpus as CSV, so a device list needs the inner quotes.
-        return f'"device={gpus}"'
-    raise UsageError(f"--gpus {gpus!r} is not understood", "use 'all' or device indices such as 0 or 0,1")
-
-
 def _inside(path: Path, roots: list[Path]) -> bool:
     return any(path == root or root in path.parents for root in roots)
 
@@ -211,11 +136,11 @@ def tritonserver_command(spec: ServerSpec, repository: Path) -> list[str]:
 
 
 def run_args(spec: ServerSpec, image: str, model_name: str | None = None, gpus: str = "all",
-             detach: bool = False) -> list[str]:
-    """The exact `docker run` argument list for serving spec.repository.
+             detach: bool = False, engine: Engine = DOCKER) -> list[str]:
+    """The exact `run` argument list for serving spec.repository on `engine`.
 
     `model_name` (the build's, for a repository of one tritonkit build) only adds a label.
-    Detached containers are kept after they exit (no --rm) so a crash's log stays readable;
+    Containers are kept after they exit (no --rm) so a crash's log stays readable;
     `DockerServer.stop` removes them.
     """
     repository = Path(spec.repository).absolute()
@@ -225,10 +150,10 @@ def run_args(spec: ServerSpec, image: str, model_name: str | None = None, gpus: 
     hf_home = hf_cache_dir()
     host = f"[{spec.host}]" if ":" in spec.host else spec.host
 
-    argv = ["docker", "run", "-d" if detach else "--rm", "--name", name, "--init",
-            "--gpus", _gpus_arg(gpus), "--shm-size", SHM_SIZE,
-            "--ulimit", "memlock=-1", "--ulimit", "stack=67108864",
-            "--user", f"{os.getuid()}:{os.getgid()}"]
+    flags, _ = engines.run_flags(engine, gpus)
+    argv = [engine.client, "run"] + (["-d"] if detach else []) + ["--name", name, *flags,
+                                                                 "--shm-size", SHM_SIZE,
+                                                                 "--user", f"{os.getuid()}:{os.getgid()}"]
     for what, port in spec.ports.items():
         argv += ["-p", f"{host}:{port}:{CONTAINER_PORTS[what]}"]
 
@@ -266,13 +191,14 @@ class DockerServer(Server):
     runtime = "docker"
 
     def __init__(self, spec: ServerSpec, builds=(), options: RuntimeOptions | None = None,
-                 runner: Runner = run_docker):
+                 runner: Runner = run_engine):
         super().__init__(spec, list(builds), options or RuntimeOptions())
-        self.image = self.options.image or default_image()
+        self.image = image_for(self.builds, self.options)
         self.gpus = self.options.gpus
         self.runner = runner
         self.name = container_name(spec)
-        self.process: subprocess.Popen | None = None  # the attached `docker run` in the foreground
+        self.process: subprocess.Popen | None = None  # the attached client in the foreground
+        self.log_file = server_dir(spec.name) / "container.log"  # the container's log, kept for its root cause
 
     @classmethod
     def attach(cls, record) -> "DockerServer":
@@ -282,11 +208,15 @@ class DockerServer(Server):
         server.name = record.container or server.name
         return server
 
+    @property
+    def engine(self) -> Engine:
+        return engines.detect(self.runner)
+
     def handle(self) -> dict:
         return {"container": self.name}
 
-    def _docker(self, *args: str, timeout: float = 30):
-        return self.runner(["docker", *args], timeout=timeout)
+    def _docker(self, *args: str, timeout: float = 60):
+        return self.runner([self.engine.client, *args], timeout=timeout)
 
     def _state(self) -> str | None:
         """'true' / 'false' for an existing container (running or not), None when there is none."""
@@ -295,42 +225,59 @@ class DockerServer(Server):
 
     def start(self) -> None:
         detach = self.options.detach
-        require_docker(self.runner)
-        model_name = self.builds[0].model_name if len(self.builds) == 1 else None
-        argv = run_args(self.spec, self.image, model_name, self.gpus, detach)
-        if self._docker("image", "inspect", self.image).returncode != 0:
+        engine = self.engine
+        labels = image_labels(self.runner, engine.client, self.image)
+        if labels is None:
             raise ServerError(f"the image {self.image} is not on this machine",
-                              "build it with `tritonkit image` (or `docker pull` it)")
+                              "build it with `tritonkit image`" + (" --cpu" if self.image == CPU_IMAGE else "")
+                              + f" (or `{engine.client} pull` it)")
+        gpus = "none" if labels.get(DEVICE_LABEL) == "cpu" else self.gpus
+        model_name = self.builds[0].model_name if len(self.builds) == 1 else None
+        argv = run_args(self.spec, self.image, model_name, gpus, detach, engine)
+        flags, notes = engines.run_flags(engine, gpus)
+        if gpus == "none" and self.gpus != "none":
+            notes.append(f"no GPUs: {self.image} is the CPU image")
+        self.options.say(f"container engine: {engine.describe()}; image {self.image}; "
+                         f"flags: {' '.join(flags)}" + "".join(f"\n  {note}" for note in notes))
         state = self._state()
         if state == "true":
             raise UsageError(f"a server named {self.spec.name} is already running (container {self.name})",
                              "stop it with `tritonkit stop`, or pick another --name")
-        if state is not None:  # a stopped leftover of an earlier detached run
+        if state is not None:  # a stopped leftover of an earlier run
             self._docker("rm", "-f", self.name)
         hf_cache_dir().mkdir(parents=True, exist_ok=True)  # else the mount fails
         env = {**os.environ, **{k: v for k, v in self.spec.env.items() if _is_secret(k)}}
         if not detach:
             self.process = self.runner(argv, stream=True, env=env)
             return
-        res = self.runner(argv, timeout=300, env=env)
+        try:
+            res = self.runner(argv, timeout=300, env=env)
+        except subprocess.TimeoutExpired:
+            raise ServerError(f"`{engine.client} run` did not return within 300 s", "check the engine") from None
         if res.returncode != 0:
-            self._docker("rm", "-f", self.name)
             detail = _last_line(res.stderr)
             hint = ("install the NVIDIA Container Toolkit so Docker can give containers GPUs, or use --runtime local"
                     if "gpu" in detail.lower() else "see the message above")
-            raise ServerError(f"docker run failed: {detail or f'exit {res.returncode}'}", hint)
+            raise ServerError(f"{engine.client} run failed: {detail or f'exit {res.returncode}'}", hint)
 
     def is_alive(self) -> bool:
-        if self.process is not None:  # attached: the client lives as long as the container
-            return self.process.poll() is None
-        return self._state() == "true"
+        if self.process is not None and self.process.poll() is not None:
+            return False  # the attached client exited: so did the container
+        return self._state() == "true" or (self.process is not None and self._state() is None)
 
     def logs(self, lines: int | None = 30) -> str:
-        args = ["logs"] + (["--tail", str(lines)] if lines else []) + [self.name]
-        res = self._docker(*args)
+        """The root-cause lines of the container's log (its whole log is kept in log_file)."""
+        res = self._docker("logs", self.name)
         if res.returncode != 0:
+            if self.log_file.is_file():
+                return relevant_log_lines(self.log_file, lines or 30)
             return "(no log: the container is gone" + ("; its output is above)" if self.process else ")")
-        return (res.stdout or "") + (res.stderr or "")
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        self.log_file.write_text((res.stdout or "") + (res.stderr or ""))
+        return relevant_log_lines(self.log_file, lines or 30)
+
+    def log_path(self) -> str | None:
+        return None  # a foreground container writes to the terminal; `logs` reads the engine's log
 
     def wait_ready(self, models: list[str], timeout_s: float, on_progress: Progress | None = None) -> float:
         return health.wait_ready(self.spec.http_url, models, timeout_s, self.is_alive,
@@ -341,14 +288,25 @@ class DockerServer(Server):
         return self.process.wait() if self.process is not None else 0
 
     def stop(self, timeout_s: float | None = None) -> None:
+        """Stop and remove the container; safe after a failed or partial start and more than once."""
         grace = int(timeout_s) if timeout_s else self.spec.exit_timeout_s + 5
-        self._docker("stop", "-t", str(grace), self.name, timeout=grace + 30)
-        self._docker("rm", "-f", self.name)  # detached containers have no --rm; ignore "no such container"
+        try:
+            engine = self.engine
+        except ServerError:
+            return  # no engine answers: no container of ours can be running
+        for args, timeout in ((["stop", "-t", str(grace), self.name], grace + 30), (["rm", "-f", self.name], 60)):
+            try:
+                self.runner([engine.client, *args], timeout=timeout)  # "no such container" is fine
+            except subprocess.TimeoutExpired:
+                pass
         if self.process is not None:
             try:
                 self.process.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 self.process.kill()
+        if self._state() is not None:
+            raise ServerError(f"the container {self.name} could not be removed",
+                              f"remove it by hand: {engine.client} rm -f {self.name}")
 
     def __enter__(self) -> "DockerServer":
         return self
