@@ -211,3 +211,17 @@ def test_report_without_faults_says_ready_throughout():
     doc = {"faults": {"failed": 0}, "readiness": {"samples": 4, "every_s": 0.5, "not_ready": [], "not_ready_s": 0},
            "steps": []}
     assert report._notes(doc)[0] == "server ready throughout (4 probes every 0.5 s)"
+
+
+def test_an_unreachable_server_leaves_no_results_folder(tmp_path, health_url, monkeypatch):
+    from tritonkit.client import Unreachable
+
+    class Nobody(DyingEngine):
+        async def check(self) -> None:
+            raise Unreachable("cannot reach Triton gRPC at 127.0.0.1:9: refused")
+
+    monkeypatch.setattr("tritonkit.client.open_client", lambda *a: Nobody(1, 2))
+    plan = _plan(tmp_path, health_url, monkeypatch)
+    with pytest.raises(Unreachable, match="cannot reach"):
+        session.execute(plan)
+    assert not plan.out_dir.exists()

@@ -249,14 +249,17 @@ async def _run(plan: Plan, on_progress) -> tuple[RunResult, dict]:
     from tritonkit.perf.watch import RunWatch
 
     client = open_client(plan.protocol, plan.url, plan.model)
-    runner = Runner(client, plan.workload, plan.spec, on_progress)
-    watch = RunWatch(plan.out_dir, plan.on_error, plan.probe_urls, runner.halt, plan.meta)
-    runner.on_record = watch.record
-    watch.start()
     try:
-        result = await runner.run()
+        await client.check()  # a server that is not there: a clear error, and no results folder
+        runner = Runner(client, plan.workload, plan.spec, on_progress)
+        watch = RunWatch(plan.out_dir, plan.on_error, plan.probe_urls, runner.halt, plan.meta)
+        runner.on_record = watch.record
+        watch.start()
+        try:
+            result = await runner.run()
+        finally:
+            await watch.stop()
     finally:
-        await watch.stop()
         await client.close()
     return result, watch.findings(result.t0, runner.counts)
 
