@@ -69,6 +69,9 @@ class Runner:
         self.client, self.workload, self.spec = client, workload, spec
         self.on_progress = on_progress or (lambda info: None)
         self.on_record = on_record or (lambda step, rec: None)  # every finished request (perf.watch)
+        # False (--on-error continue): a server that answers but is not ready (an engine restarting)
+        # does not stop the run; its requests fail and are counted, perf.readiness times the outage.
+        self.halt_when_unready = True
         self.stop = asyncio.Event()
         self.status, self.message = "ok", ""
         self.next_index = 0
@@ -128,6 +131,8 @@ class Runner:
             except asyncio.CancelledError:
                 raise
             except Exception as err:  # noqa: BLE001 - any failure to answer counts
+                if not self.halt_when_unready and not isinstance(err, Unreachable):
+                    continue
                 misses += 1
                 if isinstance(err, Unreachable) or misses >= 2:
                     what = "is unreachable" if isinstance(err, Unreachable) else "stopped answering"

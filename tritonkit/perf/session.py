@@ -254,6 +254,7 @@ async def _run(plan: Plan, on_progress) -> tuple[RunResult, dict]:
         runner = Runner(client, plan.workload, plan.spec, on_progress)
         watch = RunWatch(plan.out_dir, plan.on_error, plan.probe_urls, runner.halt, plan.meta)
         runner.on_record = watch.record
+        runner.halt_when_unready = plan.on_error == "stop"
         watch.start()
         try:
             result = await runner.run()
