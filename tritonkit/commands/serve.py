@@ -30,7 +30,13 @@ def _say(message: str) -> None:
 @click.option("--timeout", "timeout_s", default=900.0, show_default=True, help="Seconds to wait for the models to load.")
 @click.option("--image", default=None, help="Docker image (default: tritonkit's pinned NGC vLLM image).")
 @click.option("--gpus", default="all", show_default=True, help="Docker --gpus value.")
-def serve(repository, runtime, name, host, http_port, grpc_port, metrics_port, detach, timeout_s, image, gpus):
+@click.option("--replicas", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Ray: model replicas (each a vLLM engine).")
+@click.option("--autoscale", default=None, metavar="MIN:MAX", help="Ray: autoscale replicas within this range.")
+@click.option("--address", default=None,
+              help="Ray: deploy onto this running cluster (dashboard URL, http://HEAD:8265) instead of a local head.")
+def serve(repository, runtime, name, host, http_port, grpc_port, metrics_port, detach, timeout_s, image, gpus,
+          replicas, autoscale, address):
     """Start Triton on a model repository and wait until every model is ready."""
     from rich.console import Console
 
@@ -47,11 +53,20 @@ def serve(repository, runtime, name, host, http_port, grpc_port, metrics_port, d
             def progress(phase: str, elapsed: float) -> None:
                 status.update(f"{phase} ({elapsed:.0f} s)")
 
-            options = RuntimeOptions(detach=detach, image=image, gpus=gpus, say=_say)
+            options = RuntimeOptions(detach=detach, image=image, gpus=gpus, replicas=replicas,
+                                     autoscale=_autoscale(autoscale), address=address, say=_say)
             server, record = serving.start(spec, runtime, timeout_s, options, on_progress=progress)
         click.echo(f"ready in {record.ready_s:.1f} s ({record.runtime} runtime): models {', '.join(record.models)}")
-        click.echo(f"  grpc    {record.grpc_url}\n  http    http://{record.http_url}\n"
-                   f"  metrics http://{host}:{metrics_port}/metrics")
+        if record.api == "openai":
+            click.echo(f"  openai  http://{record.http_url}/v1  (generate/perf: --protocol openai)")
+        else:
+            click.echo(f"  grpc    {record.grpc_url}\n  http    http://{record.http_url}")
+        if not record.address:  # a cluster's metrics are where the cluster exports them
+            click.echo(f"  metrics http://{host}:{metrics_port}/metrics")
+        if record.runtime == "ray":
+            from tritonkit.runtime.ray import config_path
+
+            click.echo(f"  serve config {config_path(name)}")
         if record.log_path:
             click.echo(f"  log     {record.log_path}")
         if detach:
@@ -69,6 +84,20 @@ def serve(repository, runtime, name, host, http_port, grpc_port, metrics_port, d
         raise Interrupted("interrupted: the server was stopped", "run `tritonkit serve` again to restart it")
 
 
+def _autoscale(text: str | None) -> tuple[int, int] | None:
+    from tritonkit.runtime.ray_config import parse_autoscale
+
+    return parse_autoscale(text)
+
+
+def _ready(record) -> bool:
+    """Triton: its health endpoint; an OpenAI server: its model list."""
+    from tritonkit.runtime.health import http_status
+
+    path = "/v1/models" if record.api == "openai" else "/v2/health/ready"
+    return http_status(f"http://{record.http_url}{path}") == 200
+
+
 @click.command()
 @click.option("--name", default=None, help="Only this server.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
@@ -78,14 +107,13 @@ def status(name, as_json):
 
     from tritonkit import serving
     from tritonkit.runtime import state
-    from tritonkit.runtime.health import http_status
 
     records = [state.find(name)] if name else state.all_records()
     rows = []
     for r in records:
         alive = serving.record_alive(r)
-        ready = alive and http_status(f"http://{r.http_url}/v2/health/ready") == 200
-        rows.append({"name": r.name, "runtime": r.runtime, "alive": alive, "ready": ready, "pid": r.pid,
+        ready = alive and _ready(r)
+        rows.append({"name": r.name, "runtime": r.runtime, "api": r.api, "alive": alive, "ready": ready, "pid": r.pid,
                      "grpc": r.grpc_url, "http": r.http_url, "models": r.models, "repository": r.repository,
                      "uptime_s": round(time.time() - r.started_at, 1), "log": r.log_path})
     if as_json:

@@ -88,6 +88,7 @@ RUNTIMES: dict[str, str] = {
     "local": "tritonkit.runtime.local:LocalServer",
     "docker": "tritonkit.runtime.docker:DockerServer",
     "vllm": "tritonkit.runtime.vllm_server:VllmServer",
+    "ray": "tritonkit.runtime.ray:RayServer",
 }
 
 
