@@ -96,7 +96,7 @@ BAD_INPUTS = {
                       "adapter b has rank 16, above --max-lora-rank 8", ""),
     "does not fit": (lambda t: ["llama2-13b", "--gpu", "a10"], 3,
                      "error: llama2-13b in bfloat16 does not fit a10",
-                     "options: --gpu a10x4 (4 × NVIDIA A10G, AWS g5.12xlarge, $5.672/h, tp 2"),
+                     "  --gpu a10x4 (4 × NVIDIA A10G, AWS g5.12xlarge, $5.672/h, tp 2"),
     "invalid override": (lambda t: ["llama2-7b", "--gpu", "a10x4", "--tp", "3"], 2,
                          "--tp 3 does not divide llama2-7b's 32 attention heads and 32 KV heads",
                          "valid --tp values: 1, 2, 4, 8"),
@@ -123,8 +123,12 @@ def test_bad_input_is_one_line_nonzero_and_writes_nothing(case, cli, tiny_model,
     status, out, err = cli("build", *make_args(things))
     assert status == code, err
     lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert message in lines[0] and hint in lines[0]
+    assert lines[0].startswith("error: ") and message in lines[0], err
+    if code == 3:  # the way out: one option a line, each with why
+        assert lines[1] == "options:" and any(line.startswith(hint) for line in lines), err
+        assert "      why: tp 2 is the smallest split that fits: 12.12 GiB of weights per 22.49 GiB" in err
+    else:
+        assert len(lines) == 1 and hint in lines[0], err
     assert out == ""
     assert list(cli.workdir.iterdir()) == []          # no ./model_repository, nothing else
     assert not (things["file"].parent / "repo").exists()
@@ -137,3 +141,57 @@ def test_existing_model_needs_force(cli):
     code, out, err = cli("build", "tiny-llama", "--gpu", "cpu")
     assert code == 2 and err.strip() == f"error: {existing} already exists -- pass --force to replace it"
     assert list(existing.iterdir()) == []
+
+
+# -- the command line as a whole ------------------------------------------------------------------
+
+def test_help_lists_the_commands_in_workflow_order_in_full(cli):
+    code, out, _ = cli("--help")
+    assert code == 0
+    commands = out.split("Commands:")[1].split("\n\n")[0]
+    listed = [line.split()[0] for line in commands.splitlines() if line.startswith("  ") and not line.startswith("   ")]
+    assert listed == ["build", "serve", "generate", "perf", "status", "stop", "models", "gpus", "image", "runtime",
+                      "demo"]
+    assert "..." not in commands  # no description cut off
+    assert "$TRITONKIT_HOME" in out and "[default: ~/.cache/tritonkit]" in out
+
+
+def test_every_option_is_described_in_one_default_style():
+    import click
+
+    from tritonkit.cli import cli as group
+
+    for name, command in group.commands.items():
+        for param in command.params:
+            if isinstance(param, click.Option):
+                where = f"{name} {param.opts[0]}"
+                assert param.help, f"{where} has no description"
+                assert "(default" not in param.help and "[preset" not in param.help, where
+
+
+@pytest.mark.parametrize("args, message", [
+    (["build"], "error: missing argument 'MODEL' -- see `tritonkit build --help`"),
+    (["build", "tiny-llama"], "error: missing option '--gpu' -- see `tritonkit build --help`"),
+    (["build", "tiny-llama", "--gpu", "cpu", "--tp", "two"], "error: invalid value for '--tp': 'two' is not a valid integer"),
+    (["deploy"], "error: no such command 'deploy'"),
+])
+def test_clicks_usage_errors_read_like_tritonkits(cli, args, message):
+    code, out, err = cli(*args)
+    assert code == 2 and out == ""
+    assert err.strip().splitlines() == [err.strip()] and err.startswith(message), err
+
+
+def test_models_and_gpus_as_json(cli):
+    code, out, _ = cli("models", "--json")
+    assert code == 0
+    models = json.loads(out)
+    assert models["llama2-7b"]["hf_id"] == "meta-llama/Llama-2-7b-hf" and models["tiny-llama"]["origin"] == "builtin"
+    code, out, _ = cli("gpus", "--json")
+    assert code == 0
+    profiles = json.loads(out)
+    assert profiles["a10"]["price_per_hour"] == 1.624 and profiles["cpu"]["kind"] == "cpu"
+
+
+def test_stop_with_nothing_running_is_not_an_error(cli):
+    code, out, err = cli("stop")
+    assert code == 0 and out.strip() == "no tritonkit server is running; nothing to stop", err

@@ -95,13 +95,13 @@ def test_resolve_hf_id_from_the_hf_cache(tmp_path, tritonkit_home, monkeypatch):
 
 
 def test_unknown_model_suggests_nearest_names(tritonkit_home):
-    with pytest.raises(UsageError) as err:
+    with pytest.raises(UsageError, match="unknown model 'llama2-7'") as err:
         catalog.resolve("llama2-7")
     assert "unknown model 'llama2-7'" in str(err.value) and "llama2-7b" in err.value.hint
 
 
 def test_unknown_hf_id_says_how_to_fetch_its_config(tritonkit_home):
-    with pytest.raises(UsageError) as err:
+    with pytest.raises(UsageError, match="unknown model 'nobody/nothing-7b'") as err:
         catalog.resolve("nobody/nothing-7b")
     assert "huggingface-cli download nobody/nothing-7b config.json" in err.value.hint
 
@@ -162,6 +162,6 @@ def test_gpus_flag_picks_the_listed_instance_or_scales_the_price(tritonkit_home)
 
 
 def test_unknown_gpu_suggests_nearest(tritonkit_home):
-    with pytest.raises(UsageError) as err:
+    with pytest.raises(UsageError, match="unknown GPU profile 'a100'") as err:
         gpus.get_profile("a100")
     assert "unknown GPU profile 'a100'" in str(err.value) and "a100-40gb" in err.value.hint

@@ -85,5 +85,5 @@ def test_a_found_boundary_gives_a_ratio(gr):
 
 
 def test_cli_rejects_unknown_phases(gr, tmp_path):
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit, match="2"):
         gr.main(["--phase", "nope", "--out", str(tmp_path)])

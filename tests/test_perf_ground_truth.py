@@ -81,6 +81,7 @@ def _check_timing(step):
         assert r.e2e >= r.ttft > 0 and r.chunks == sorted(r.chunks)
 
 
+@pytest.mark.slow  # starts a server
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
 def test_constant_rate_matches_ground_truth(server, protocol):
     rate, duration = 20, 3.0
@@ -96,6 +97,7 @@ def test_constant_rate_matches_ground_truth(server, protocol):
     assert successes == [step.sent]
 
 
+@pytest.mark.slow  # starts a server
 def test_concurrency_matches_ground_truth(server):
     result = _run(server, [Load("concurrency", 4)], requests=48)
     (step,) = result.steps
@@ -106,6 +108,7 @@ def test_concurrency_matches_ground_truth(server):
     assert step.summaries["send_lag"].max < 0.005
 
 
+@pytest.mark.slow  # starts a server
 def test_poisson_and_sweep_with_slo(server):
     result = _run(server, [Load("poisson", 10), Load("poisson", 20), Load("poisson", 40)], sweep=True,
                   warmup_s=0.3, window_s=0.5, max_step_s=2.5, slo=slo.parse(f"e2e:p90<={int((E2E + 0.02) * 1000)}ms"))
@@ -123,6 +126,7 @@ def _cli(*args, **kw) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True, **kw)
 
 
+@pytest.mark.slow  # starts a server
 def test_cli_run_writes_every_file(server, tmp_path):
     out = tmp_path / "out"
     p = _cli("-m", "ground_truth", "--url", server.spec.grpc_url, "--rate", "10", "--duration", "2",
@@ -171,6 +175,7 @@ def _wait_for_progress(p: subprocess.Popen, seconds: float) -> None:
     assert p.poll() is None, p.communicate()
 
 
+@pytest.mark.slow  # starts a server
 def test_server_killed_mid_run(tmp_path):
     own = _start("perf-kill")
     out = tmp_path / "out"
@@ -194,6 +199,7 @@ def test_server_killed_mid_run(tmp_path):
     assert (out / "report.html").stat().st_size > 0
 
 
+@pytest.mark.slow  # starts a server
 def test_ctrl_c_keeps_results_and_exits_130(server, tmp_path):
     out = tmp_path / "out"
     p = _cli("-m", "ground_truth", "--url", server.spec.grpc_url, "--concurrency", "3", "--duration", "60",

@@ -12,6 +12,7 @@ import pytest
 
 from tritonkit.client import Chunk
 from tritonkit.errors import UsageError
+from tritonkit.paths import shipped
 from tritonkit.perf import cost, report, server_metrics, slo, stability, summary
 from tritonkit.perf.aggregate import Aggregator
 from tritonkit.perf.records import RequestRecord
@@ -20,7 +21,7 @@ from tritonkit.perf.schedules import Load, offsets, parse_values, sweep
 from tritonkit.perf.stats import HdrSeries, summarize
 from tritonkit.perf.workload import Workload, corpus_prompts, load_prompt_file, parse_output_length
 
-SEED_CSV = Path("/work/shared/reference/seed-benchmarks.csv")
+SEED_CSV = Path(__file__).parent / "data" / "seed-a10-cost.csv"  # the seed study's A10 rows
 
 
 # -- schedules ------------------------------------------------------------------------------------
@@ -52,15 +53,19 @@ def test_sweeps_parse_lists_and_ranges():
     assert [l.label for l in sweep("concurrency", "1:3")] == ["1 users", "2 users", "3 users"]
 
 
-@pytest.mark.parametrize("kind,value", [("rate", -1), ("rate", 0), ("concurrency", 1.5), ("poisson", float("nan")), ("burst", 1)])
-def test_bad_loads_are_usage_errors(kind, value):
-    with pytest.raises(UsageError):
+@pytest.mark.parametrize("kind,value,message", [
+    ("rate", -1, "rate must be a positive number"), ("rate", 0, "rate must be a positive number"),
+    ("concurrency", 1.5, "concurrency must be a whole number"), ("poisson", float("nan"), "rate must be a positive"),
+    ("burst", 1, "unknown load kind 'burst'")])
+def test_bad_loads_are_usage_errors(kind, value, message):
+    with pytest.raises(UsageError, match=message):
         Load(kind, value)
 
 
-@pytest.mark.parametrize("text", ["", "a,b", "5:1", "1:5:0", "1:2:3:4"])
-def test_bad_sweeps_are_usage_errors(text):
-    with pytest.raises(UsageError):
+@pytest.mark.parametrize("text,message", [("", "holds no values"), ("a,b", "cannot read 'a,b'"), ("5:1", "bad range"),
+                                          ("1:5:0", "bad range"), ("1:2:3:4", "cannot read '1:2:3:4'")])
+def test_bad_sweeps_are_usage_errors(text, message):
+    with pytest.raises(UsageError, match=message):
         parse_values(text)
 
 
@@ -152,9 +157,11 @@ def test_slo_parsing_and_checks():
     assert slo.request_good(slo.parse("ttft:p50<=10ms"), _record()) is False
 
 
-@pytest.mark.parametrize("text", ["e2e<1", "latency:p90<=1", "e2e:p42<=1", "e2e:p90<=-1", "e2e:p90<=x"])
-def test_bad_slos_are_usage_errors(text):
-    with pytest.raises(UsageError):
+@pytest.mark.parametrize("text,message", [("e2e<1", "cannot read SLO"), ("latency:p90<=1", "unknown SLO metric 'latency'"),
+                                          ("e2e:p42<=1", "unknown SLO statistic 'p42'"), ("e2e:p90<=-1", "cannot read SLO"),
+                                          ("e2e:p90<=x", "cannot read SLO")])
+def test_bad_slos_are_usage_errors(text, message):
+    with pytest.raises(UsageError, match=message):
         slo.parse(text)
 
 
@@ -169,15 +176,16 @@ def test_stability_needs_three_windows_within_ten_percent():
 
 def test_seed_formula_reproduces_the_seed_cost_column():
     """The seed priced A10 rows at $1.624/h with the configured rate and assumed token counts."""
-    rows = [r for r in csv.DictReader(SEED_CSV.open()) if r["gpu"] == "a10"]
-    assert rows
+    with SEED_CSV.open() as f:
+        rows = [r for r in csv.DictReader(line for line in f if not line.startswith("#")) if r["gpu"] == "a10"]
+    assert len(rows) == 11
     for r in rows:
         got = cost.seed_cost_per_1k(1.624, float(r["target_rps"]), float(r["input_tokens"]), float(r["output_tokens"]))
         assert got == pytest.approx(float(r["cost_usd_per_1k_tokens"]), rel=1e-6), r
 
 
 def test_cost_uses_measured_numbers_and_prices_the_api_job():
-    prices = cost.parse_prices(json.loads((Path(cost.__file__).parent.parent / "data" / "api_prices.json").read_text()))
+    prices = cost.parse_prices(json.loads(shipped("tritonkit/data/api_prices.json").read_text()))
     assert {"seed", "current"} <= {p.set for p in prices}
     c = cost.cost(1.624, "test", rps=9.5, in_tokens=100, out_tokens=6, api_prices=prices, at="10 req/s")
     assert c.per_1k_tokens == pytest.approx(1.624 / (9.5 * 3600 * 106) * 1000)
@@ -211,7 +219,7 @@ def test_output_lengths():
     assert min(u) == 4 and max(u) == 8
     assert min(parse_output_length("normal:5:10").sample(rng) for _ in range(500)) >= 1
     for bad in ("0", "uniform:8:4", "gauss:1:2", "-3"):
-        with pytest.raises(UsageError):
+        with pytest.raises(UsageError, match="output (tokens|length)"):
             parse_output_length(bad)
 
 
@@ -228,9 +236,9 @@ def test_prompt_files(tmp_path, tokenizer):
     assert load_prompt_file(c)[1] == [2, None]
     for text in ("", "\n\n", '{"other": 1}\n'):
         (tmp_path / "e.jsonl").write_text(text)
-        with pytest.raises(UsageError):
+        with pytest.raises(UsageError, match="holds no prompts"):
             load_prompt_file(tmp_path / "e.jsonl")
-    with pytest.raises(UsageError):
+    with pytest.raises(UsageError, match="missing.jsonl not found"):
         load_prompt_file(tmp_path / "missing.jsonl")
 
 

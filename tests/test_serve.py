@@ -28,6 +28,8 @@ from tritonkit.runtime.local import group_alive
 from tritonkit.runtime.spec import free_port
 from tritonkit.tinymodel import build_tiny_llama, build_tiny_lora
 
+pytestmark = pytest.mark.slow  # starts real servers
+
 TRITONKIT = [sys.executable, "-m", "tritonkit"]
 PROMPT = "The battery was surprisingly good and"
 
@@ -120,7 +122,9 @@ def test_generate_command_streams_and_summarises(server):
     proc = run("generate", PROMPT, "--name", server["name"], "--max-tokens", "9", "--ignore-eos", check=True)
     assert proc.stdout.strip()  # the text
     summary = proc.stderr.strip().splitlines()[-1]
-    assert re.match(r"time to first token \d+ ms, 9 tokens in \d+\.\d\d s, [\d.]+ tokens/s", summary), summary
+    assert re.match(r"time to first token \d+ ms, 9 tokens in \d+\.\d\d s, [\d.]+ tokens/s decoding \(8 tokens in the "
+                    r"\d+\.\d\d s from the first to the last\)", summary), summary
+    assert "note: tiny has RANDOM weights, so its text is gibberish by design" in proc.stderr
 
 
 def test_lora_adapters_change_the_output(server):

@@ -289,8 +289,10 @@ def _fit(spec: ModelSpec, gpu: GpuProfile, c: Choices) -> Plan | str:
         seqs, seqs_reason = c.max_num_seqs, "--max-num-seqs"
     else:
         seqs = max(1, min(MAX_NUM_SEQS_CAP, sizing.kv_tokens // TYPICAL_SEQ_TOKENS))
-        seqs_reason = (f"{sizing.kv_tokens:,} KV tokens // {TYPICAL_SEQ_TOKENS} tokens a request, "
-                       f"at most {MAX_NUM_SEQS_CAP}")
+        # How many short requests (the seed's ~100 tokens in + up to ~100 out, rounded up to
+        # TYPICAL_SEQ_TOKENS) hold their KV cache at once; more would only queue inside vLLM.
+        seqs_reason = (f"{sizing.kv_tokens:,} KV tokens // {TYPICAL_SEQ_TOKENS} (a short request: ~100 tokens in "
+                       f"+ ~100 out, rounded up), at most vLLM's {MAX_NUM_SEQS_CAP}")
     return Plan(
         dtype=dtype, dtype_reason=dtype_reason, quantization=c.quantization,
         tensor_parallel_size=tp, tp_reason=tp_reason, gpus=gpu.gpus,
@@ -321,9 +323,19 @@ def _why_not(spec: ModelSpec, gpu: GpuProfile, dtype: str, util: float, s: _Sizi
             f"fewer than the {want:,} one sequence needs")
 
 
+def _why_gpu(fit: Plan, p: GpuProfile) -> str:
+    """Why this profile works: the tensor-parallel split, and what is left for the KV cache."""
+    memory = f"{_gib(p.memory_bytes)} {p.gpu}"
+    if fit.tensor_parallel_size == 1:
+        return (f"one {memory} holds the {_gib(fit.weight_bytes_per_gpu)} of weights "
+                f"and {fit.kv_tokens:,} tokens of KV cache")
+    return (f"tp {fit.tensor_parallel_size} is the smallest split that fits: "
+            f"{_gib(fit.weight_bytes_per_gpu)} of weights per {memory} leaves {fit.kv_tokens:,} tokens of KV cache")
+
+
 def _options(spec: ModelSpec, gpu: GpuProfile, c: Choices, alternatives) -> str:
-    """Concrete ways out: other GPUs, a quantised variant, a shorter context."""
-    found = []
+    """Concrete ways out, one a line, each with why: other GPUs, a quantised variant, a shorter context."""
+    found = []  # (option, why)
     free = dataclasses.replace(c, tp=None)
     same_family = [p for p in alternatives if p.family == gpu.family]
     others = [p for p in alternatives if p.family != gpu.family]
@@ -333,31 +345,40 @@ def _options(spec: ModelSpec, gpu: GpuProfile, c: Choices, alternatives) -> str:
                 break
             fit = _try(spec, p, free)
             if isinstance(fit, Plan):
-                found.append(f"--gpu {p.name} ({p.gpus} × {p.gpu}, {p.instance}, "
-                             f"${p.price_per_hour:g}/h, tp {fit.tensor_parallel_size}, "
-                             f"{fit.kv_tokens:,} KV tokens)")
+                found.append((f"--gpu {p.name} ({p.gpus} × {p.gpu}, {p.instance}, "
+                              f"${p.price_per_hour:g}/h, tp {fit.tensor_parallel_size}, "
+                              f"{fit.kv_tokens:,} KV tokens)", _why_gpu(fit, p)))
                 limit -= 1
     if not spec.prequantized and not c.quantization and not gpu.is_cpu:
+        full, _ = weight_bytes(spec.architecture, _choose_dtype(gpu, c)[0], None)
         for method in QUANT_METHODS:
             if method in spec.quantized or (method == "fp8" and gpu.fp8):
                 fit = _fit(spec, gpu, dataclasses.replace(c, quantization=method,
                                                           dtype=None if method != "fp8" else c.dtype))
                 if isinstance(fit, Plan):
                     variant = spec.quantized.get(method, "quantised when loaded")
-                    found.append(f"--quantization {method} ({variant}, weights "
-                                 f"{_gib(fit.weight_bytes)}, {fit.kv_tokens:,} KV tokens)")
+                    bits = "8-bit" if method == "fp8" else "4-bit"
+                    found.append((f"--quantization {method} ({variant}, weights "
+                                  f"{_gib(fit.weight_bytes)}, {fit.kv_tokens:,} KV tokens)",
+                                  f"{bits} weights take {_gib(fit.weight_bytes)} instead of {_gib(full)} "
+                                  f"(answers may differ slightly from the full-precision model)"))
     if gpu.is_cpu and (c.dtype or "float32") == "float32":
         fit = _fit(spec, gpu, dataclasses.replace(c, dtype="bfloat16"))
         if isinstance(fit, Plan):
-            found.append(f"--dtype bfloat16 ({fit.kv_tokens:,} KV tokens)")
+            found.append((f"--dtype bfloat16 ({fit.kv_tokens:,} KV tokens)",
+                          "half the bytes of float32 for every weight and every KV-cache entry"))
     shorter = _fit(spec, gpu, dataclasses.replace(c, max_model_len=None))
     if c.max_model_len and isinstance(shorter, Plan):
-        found.append(f"--max-model-len {shorter.kv_tokens // BLOCK_SIZE * BLOCK_SIZE} or less")
+        found.append((f"--max-model-len {shorter.kv_tokens // BLOCK_SIZE * BLOCK_SIZE} or less",
+                      f"one sequence must fit in the KV cache, which holds {shorter.kv_tokens:,} tokens"))
     elif not isinstance(shorter, Plan):
         tokens = _max_tokens(spec, gpu, c)
         if tokens >= BLOCK_SIZE:
-            found.append(f"a shorter context: --max-model-len {tokens} (the KV cache holds {tokens:,} tokens)")
-    return "options: " + "; ".join(found) if found else "no listed GPU profile fits it; see `tritonkit gpus`"
+            found.append((f"a shorter context: --max-model-len {tokens} (the KV cache holds {tokens:,} tokens)",
+                          f"below the {MIN_CONTEXT:,} tokens tritonkit plans for at least, but it serves"))
+    if not found:
+        return "no listed GPU profile fits it; see `tritonkit gpus`"
+    return "options:\n" + "\n".join(f"  {option}\n      why: {why}" for option, why in found)
 
 
 def _try(spec: ModelSpec, gpu: GpuProfile, c: Choices) -> Plan | str | None:

@@ -30,15 +30,16 @@ def _table(title: str, columns: list[str], rows: list[list[str]]):
 @click.command("build")
 @click.argument("model")
 @click.option("--gpu", required=True, metavar="PROFILE", help="GPU profile (see `tritonkit gpus`), or cpu.")
-@click.option("--gpus", "gpus_count", type=int, help="GPUs on the instance (default: the profile's).")
+@click.option("--gpus", "gpus_count", type=int, help="GPUs on the instance [default: the profile's].")
 @click.option("--adapter", "adapters", multiple=True, metavar="NAME=PATH",
               help="PEFT LoRA adapter folder; repeatable. PATH alone names it after the folder.")
 @click.option("--lora-mode", metavar="merge|serve",
-              help="merge one adapter into the weights (default for one), or serve several (default).")
+              help="merge: one adapter merged into the weights; serve: the base plus adapters chosen per request "
+                   "[default: merge for one adapter, serve for several].")
 @click.option("--max-lora-rank", type=int, help="Refuse adapters above this rank; vLLM's max_lora_rank.")
-@click.option("--name", help="Triton model name (default: the model's name).")
+@click.option("--name", help="Triton model name [default: the model's name].")
 @click.option("-o", "--repository", default="model_repository", show_default=True,
-              help="Model repository directory.")
+              help="Model repository folder (`serve` and `perf` look there by default).")
 @click.option("--plan", "plan_only", is_flag=True, help="Print the fit plan and write nothing.")
 @click.option("--force", is_flag=True, help="Replace an existing model directory.")
 @click.option("--dtype", metavar="bfloat16|float16|float32", help="Override the planner's dtype.")
@@ -46,8 +47,8 @@ def _table(title: str, columns: list[str], rows: list[list[str]]):
 @click.option("--max-model-len", type=int, help="Override max_model_len.")
 @click.option("--max-num-seqs", type=int, help="Override max_num_seqs.")
 @click.option("--gpu-memory-utilization", type=float, help="Override vLLM's share of GPU memory.")
-@click.option("--quantization", metavar="awq|gptq|fp8", help="Serve a quantised variant.")
-@click.option("--price", type=float, help="Override the profile's $/hour.")
+@click.option("--quantization", metavar="awq|gptq|fp8", help="Serve a quantised variant (the catalog's pre-quantised checkpoint, or fp8 on the fly).")
+@click.option("--price", type=float, help="Override the profile's price in USD per hour.")
 @click.option("--random-weights", is_flag=True,
               help="Serve the model's exact architecture with RANDOM weights (no download; for capacity "
                    "and cost only), built once in $TRITONKIT_HOME/models/<name>-random.")
@@ -87,12 +88,17 @@ def build(model, gpu, gpus_count, adapters, lora_mode, max_lora_rank, name, repo
 
 
 @click.command("models")
-def models():
+@click.option("--json", "as_json", is_flag=True, help="Print the catalog as JSON on stdout.")
+def models(as_json):
     """List the model catalog (shipped + $TRITONKIT_HOME/models.json)."""
     from tritonkit import catalog
 
+    entries = catalog.load_catalog()
+    if as_json:
+        click.echo(json.dumps(entries, indent=2))
+        return
     rows = []
-    for name, entry in catalog.load_catalog().items():
+    for name, entry in entries.items():
         a = entry["architecture"]
         rows.append([name, entry.get("hf_id") or "(built in)", f"{a['num_parameters'] / 1e9:.2f}B",
                      str(a["num_hidden_layers"]), f"{a['num_attention_heads']}/{a['num_key_value_heads']}",
@@ -101,12 +107,19 @@ def models():
 
 
 @click.command("gpus")
-def gpus_command():
+@click.option("--json", "as_json", is_flag=True, help="Print the profiles as JSON on stdout.")
+def gpus_command(as_json):
     """List the GPU profiles (shipped + $TRITONKIT_HOME/gpus.json)."""
+    import dataclasses
+
     from tritonkit import gpus
 
+    profiles = gpus.load_profiles()
+    if as_json:
+        click.echo(json.dumps({name: dataclasses.asdict(p) for name, p in profiles.items()}, indent=2))
+        return
     rows = []
-    for p in gpus.load_profiles().values():
+    for p in profiles.values():
         rows.append([p.name, p.gpu, f"{p.memory_mib / 1024:.1f}", str(p.bandwidth_gbps or "-"),
                      "yes" if p.bf16 else "no", "yes" if p.fp8 else "no", str(p.gpus), p.instance,
                      f"{p.price_per_hour:g}"])

@@ -23,12 +23,12 @@ def _say(message: str) -> None:
                    "tritonkit.runtime.base.RUNTIMES.")
 @click.option("--name", default="tritonkit", show_default=True, help="Server name, for status/stop and several servers on one host.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address the ports are bound to.")
-@click.option("--http-port", default=8000, show_default=True)
-@click.option("--grpc-port", default=8001, show_default=True)
-@click.option("--metrics-port", default=8002, show_default=True)
+@click.option("--http-port", default=8000, show_default=True, help="Triton's HTTP/REST port (health, /generate_stream).")
+@click.option("--grpc-port", default=8001, show_default=True, help="Triton's gRPC port (streaming inference).")
+@click.option("--metrics-port", default=8002, show_default=True, help="Prometheus metrics port (Triton's and vLLM's).")
 @click.option("--detach", "-d", is_flag=True, help="Return once ready and leave the server running.")
 @click.option("--timeout", "timeout_s", default=900.0, show_default=True, help="Seconds to wait for the models to load.")
-@click.option("--image", default=None, help="Docker image (default: tritonkit's pinned NGC vLLM image).")
+@click.option("--image", default=None, help="Docker image [default: tritonkit's pinned NGC vLLM image, see `tritonkit image`].")
 @click.option("--gpus", default="all", show_default=True, help="Docker --gpus value.")
 @click.option("--replicas", default=1, show_default=True, type=click.IntRange(min=1),
               help="Ray: model replicas (each a vLLM engine).")
@@ -129,14 +129,18 @@ def status(name, as_json):
 
 
 @click.command()
-@click.option("--name", default=None, help="The server to stop (default: the only one running).")
+@click.option("--name", default=None, help="The server to stop [default: the only one running].")
 @click.option("--all", "stop_all", is_flag=True, help="Stop every server tritonkit started.")
-@click.option("--timeout", "timeout_s", default=30.0, show_default=True)
+@click.option("--timeout", "timeout_s", default=30.0, show_default=True,
+              help="Seconds to wait for a clean shutdown before killing what is left.")
 def stop(name, stop_all, timeout_s):
     """Stop a server and every process it started."""
     from tritonkit import serving
     from tritonkit.runtime import state
 
+    if not name and not state.all_records():
+        click.echo("no tritonkit server is running; nothing to stop")  # the goal is reached: not an error
+        return
     records = state.all_records() if stop_all else [state.find(name)]
     for record in records:
         serving.stop(record, timeout_s)

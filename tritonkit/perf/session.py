@@ -1,7 +1,9 @@
-"""From options (CLI or Python) to a finished run: presets, build.json, validation, run, files.
+"""From options (CLI or Python) to a finished run.
 
-`resolve(options)` turns loose options into a Plan (raising UsageError on anything wrong, before
-any traffic); `execute(plan)` runs it and writes the output directory.
+`resolve(options)` turns loose options into a Plan, raising UsageError on anything wrong before
+any traffic, in named steps: validation, preset and load, the target server (tritonkit.target, the
+same answer `generate` uses), its build record, model, tokenizer, workload, URLs, prices.
+`execute(plan)` runs it and writes the output directory.
 """
 
 from __future__ import annotations
@@ -12,18 +14,19 @@ import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlparse
 
 from tritonkit.buildrecord import BuildRecord
 from tritonkit.errors import UsageError
 from tritonkit.paths import shipped
 from tritonkit.perf import cost as cost_mod
 from tritonkit.perf import report, slo, summary
+from tritonkit.perf.presets import NO_PRESET, Preset
+from tritonkit.perf.presets import load as load_preset
 from tritonkit.perf.runner import RunResult, Runner, RunSpec
 from tritonkit.perf.schedules import Load, parse_values
 from tritonkit.perf.workload import Workload, corpus_prompts, load_prompt_file, load_tokenizer, parse_output_length
+from tritonkit.target import Target
 
-PRESETS_DIR = shipped("perf/presets")
 API_PRICES = shipped("tritonkit/data/api_prices.json")
 
 
@@ -32,6 +35,7 @@ class Options:
     repository: str | None = None
     model: str | None = None
     url: str | None = None
+    name: str | None = None  # a recorded tritonkit server (tritonkit status)
     protocol: str = "grpc"
     preset: str | None = None
     rate: str | None = None  # one value, or a list/range for a sweep
@@ -76,49 +80,122 @@ class Plan:
     probe_urls: list = field(default_factory=list)  # readiness probes (perf.readiness)
 
 
-def presets() -> dict[str, Path]:
-    return {p.stem: p for p in sorted(PRESETS_DIR.glob("*.json"))}
+# ---------------------------------------------------------------- resolve, step by step
+
+def _validate(opts: Options) -> None:
+    from tritonkit.client import PROTOCOLS
+
+    if opts.protocol not in PROTOCOLS:
+        raise UsageError(f"unknown protocol {opts.protocol!r}", f"use one of: {', '.join(PROTOCOLS)}")
+    for name, value in (("--duration", opts.duration_s), ("--timeout", opts.timeout_s), ("--window", opts.window_s),
+                        ("--max-step", opts.max_step_s)):
+        if value is not None and value <= 0:
+            raise UsageError(f"{name} must be positive, got {value:g}")
+    if opts.requests is not None and opts.requests < 1:
+        raise UsageError(f"--requests must be at least 1, got {opts.requests}")
+    if opts.warmup_s is not None and opts.warmup_s < 0:
+        raise UsageError("--warmup cannot be negative")
+    if opts.price is not None and opts.price <= 0:
+        raise UsageError("--price must be positive (USD per hour)")
+    from tritonkit.perf import faults
+
+    if opts.on_error not in faults.ON_ERROR:
+        raise UsageError(f"--on-error must be one of {', '.join(faults.ON_ERROR)}, got {opts.on_error!r}")
 
 
-def load_preset(name: str) -> dict:
-    path = Path(name)
-    if not path.is_file():
-        found = presets()
-        if name not in found:
-            raise UsageError(f"unknown preset {name!r}", f"use one of: {', '.join(found) or 'none found'}, or a JSON file")
-        path = found[name]
-    try:
-        return json.loads(path.read_text())
-    except ValueError as err:
-        raise UsageError(f"preset {path} is not valid JSON: {err}") from None
-
-
-def _loads(opts: Options, preset: dict) -> tuple[list[Load], bool]:
+def _loads(opts: Options, preset: Preset) -> tuple[list[Load], bool]:
     given = {k: v for k, v in (("rate", opts.rate), ("poisson", opts.poisson), ("concurrency", opts.concurrency)) if v}
     if len(given) > 1:
         raise UsageError("give only one of --rate, --poisson and --concurrency")
-    if not given:
-        given = {k: str(v) for k, v in preset.get("load", {}).items()}
+    given = given or dict(preset.load)
     if not given:
         raise UsageError("no load given", "pass --rate, --poisson or --concurrency (or a --preset)")
     kind, text = next(iter(given.items()))
-    kind = "concurrency" if kind == "concurrency" else kind
     values = parse_values(str(text))
     return [Load(kind, v) for v in values], len(values) > 1
 
 
-def _build_record(opts: Options) -> BuildRecord | None:
-    if not opts.repository:
+def _build_record(opts: Options, target: Target) -> BuildRecord | None:
+    """The tritonkit build behind the target, if any; only an explicit --repository must hold one."""
+    if target.repository is None:
         return None
     from tritonkit import buildrecord
 
-    return buildrecord.load(opts.repository, opts.model)
+    wanted = opts.model or (target.only_model() if target.record is not None else None)
+    try:
+        return buildrecord.load(target.repository, wanted)
+    except UsageError:
+        if opts.repository:
+            raise
+        return None
+
+
+def _model(opts: Options, build: BuildRecord | None, target: Target) -> str:
+    model = opts.model or (build.model_name if build else None) or target.only_model()
+    if not model:
+        where = f"no tritonkit build in {target.repository}" if target.repository else "no ./model_repository here"
+        raise UsageError(f"which model should perf load? No server is running and {where}",
+                         "pass --model NAME, or --repository with a tritonkit build")
+    return model
+
+
+def _tokenizer(opts: Options, build: BuildRecord | None, say):
+    path = opts.tokenizer
+    if path is None and build:
+        src = build.model.source
+        path = src if src and Path(src).is_dir() else None
+    tokenizer = load_tokenizer(path) if path else None
+    if tokenizer is None:
+        say("perf: no tokenizer (pass --tokenizer or --repository): prompt lengths are in words, not exact tokens")
+    return tokenizer
+
+
+def _workload(opts: Options, preset: Preset, tokenizer) -> Workload:
+    out_spec = parse_output_length(opts.output_tokens or preset.output_tokens)
+    ignore_eos = opts.ignore_eos if opts.ignore_eos is not None else preset.ignore_eos
+    sampling = {"ignore_eos": True} if ignore_eos else {}
+    if opts.prompts:
+        prompts, per_row = load_prompt_file(opts.prompts, tokenizer)
+        return Workload(prompts, out_spec if opts.output_tokens else None, per_row, sampling, opts.prompts, opts.seed)
+    n_in = opts.input_tokens or preset.input_tokens
+    described = f"shipped corpus, {n_in} input tokens" + ("" if tokenizer else " (approximate: words)")
+    return Workload(corpus_prompts(tokenizer, opts.requests or 2000, int(n_in), opts.seed), out_spec, [], sampling,
+                    described, opts.seed)
+
+
+def _target(opts: Options) -> Target:
+    from tritonkit import target
+
+    return target.resolve(opts.protocol, name=opts.name, url=opts.url, repository=opts.repository)
+
+
+def _metrics_url(opts: Options, target: Target) -> str | None:
+    """--metrics-url; else the metrics port of the tritonkit server we talk to; else Triton's
+    default layout (metrics = gRPC port + 1 = HTTP port + 2); vLLM's server: <url>/metrics."""
+    from tritonkit.target import url_host_port
+
+    if opts.metrics_url:
+        return None if opts.metrics_url == "none" else opts.metrics_url
+    if opts.protocol == "openai":
+        return (target.url or "http://127.0.0.1:8000").rstrip("/").removesuffix("/v1") + "/metrics"
+    if target.record is not None:
+        return f"http://{target.record.host}:{target.record.metrics_port}/metrics"
+    host, port = url_host_port(target.url)
+    if port is None:
+        return f"http://{host}:8002/metrics"
+    return f"http://{host}:{port + (1 if opts.protocol == 'grpc' else 2)}/metrics"
+
+
+def _probes(opts: Options, target: Target, model: str) -> list:
+    """The URLs perf.readiness polls during the run."""
+    from tritonkit.perf import readiness
+
+    return readiness.probe_urls(opts.protocol, target.url, model,
+                                target.record.http_url if target.record is not None else None)
 
 
 def _price(opts: Options, build: BuildRecord | None) -> dict | None:
     if opts.price is not None:
-        if opts.price <= 0:
-            raise UsageError("--price must be positive (USD per hour)")
         return {"price_per_hour": opts.price, "source": "--price", "gpu": opts.gpu}
     if opts.gpu:
         from tritonkit.gpus import get_profile
@@ -132,116 +209,39 @@ def _price(opts: Options, build: BuildRecord | None) -> dict | None:
     return None
 
 
-def _records() -> list:
-    from tritonkit.runtime import state
-
-    return state.all_records()  # a corrupt record is a one-line error, never silently passed over
-
-
-def _url_port(url: str | None) -> tuple[str, int | None]:
-    parsed = urlparse("//" + (url or "").split("://")[-1])
-    return parsed.hostname or "127.0.0.1", parsed.port
-
-
-def _server_for(opts: Options) -> object | None:
-    """The tritonkit-started server this run talks to: by --url's port, else by --repository."""
-    records = _records()
-    if opts.url:
-        _, port = _url_port(opts.url)
-        return next((r for r in records if port in (r.grpc_port, r.http_port)), None)
-    if opts.repository:
-        repo = str(Path(opts.repository).expanduser().resolve())
-        return next((r for r in records if str(Path(r.repository).resolve()) == repo), None)
-    return None
-
-
-def _default_url(opts: Options, record) -> str | None:
-    if opts.url or record is None or opts.protocol == "openai":
-        return opts.url
-    return f"{record.host}:{record.grpc_port if opts.protocol == 'grpc' else record.http_port}"
-
-
-def _metrics_url(opts: Options, url: str | None, record) -> str | None:
-    """--metrics-url; else the metrics port of the tritonkit server we talk to; else Triton's
-    default layout (metrics = gRPC port + 1 = HTTP port + 2); vLLM's server: <url>/metrics."""
-    if opts.metrics_url:
-        return None if opts.metrics_url == "none" else opts.metrics_url
-    if opts.protocol == "openai":
-        return (url or "http://127.0.0.1:8000").rstrip("/").removesuffix("/v1") + "/metrics"
-    if record is not None:
-        return f"http://{record.host}:{record.metrics_port}/metrics"
-    host, port = _url_port(url)
-    if port is None:
-        return f"http://{host}:8002/metrics"
-    return f"http://{host}:{port + (1 if opts.protocol == 'grpc' else 2)}/metrics"
+def _api_prices(opts: Options) -> list:
+    path = Path(opts.api_prices) if opts.api_prices else API_PRICES
+    try:
+        return cost_mod.parse_prices(json.loads(path.read_text()))
+    except (OSError, ValueError, KeyError) as err:
+        raise UsageError(f"cannot read API prices from {path}: {err}") from None
 
 
 def resolve(opts: Options, say=lambda m: print(m, file=sys.stderr)) -> Plan:
-    from tritonkit.client import PROTOCOLS
-
-    if opts.protocol not in PROTOCOLS:
-        raise UsageError(f"unknown protocol {opts.protocol!r}", f"use one of: {', '.join(PROTOCOLS)}")
-    preset = load_preset(opts.preset) if opts.preset else {}
+    """Options -> Plan: every check before any traffic."""
+    _validate(opts)
+    preset = load_preset(opts.preset) if opts.preset else NO_PRESET
     loads, is_sweep = _loads(opts, preset)
-    for name, value in (("--duration", opts.duration_s), ("--timeout", opts.timeout_s), ("--window", opts.window_s),
-                        ("--max-step", opts.max_step_s)):
-        if value is not None and value <= 0:
-            raise UsageError(f"{name} must be positive, got {value:g}")
-    if opts.requests is not None and opts.requests < 1:
-        raise UsageError(f"--requests must be at least 1, got {opts.requests}")
-    if opts.warmup_s is not None and opts.warmup_s < 0:
-        raise UsageError("--warmup cannot be negative")
-    bounds = slo.parse(opts.slo if opts.slo is not None else preset.get("slo"))
-    build = _build_record(opts)
-    model = opts.model or (build.model_name if build else None)
-    if not model:
-        raise UsageError("no model named", "pass --model, or --repository with a tritonkit build")
-    # Workload.
-    tok_path = opts.tokenizer
-    if tok_path is None and build:
-        src = build.model.source
-        tok_path = src if src and Path(src).is_dir() else None
-    tokenizer = load_tokenizer(tok_path) if tok_path else None
-    if tokenizer is None:
-        say("perf: no tokenizer (pass --tokenizer or --repository): prompt lengths are in words, not exact tokens")
-    out_spec = parse_output_length(opts.output_tokens or preset.get("output_tokens", "16"))
-    ignore_eos = opts.ignore_eos if opts.ignore_eos is not None else preset.get("ignore_eos", True)
-    sampling = {"ignore_eos": True} if ignore_eos else {}
-    n_prompts = opts.requests or 2000
-    if opts.prompts:
-        prompts, per_row = load_prompt_file(opts.prompts, tokenizer)
-        workload = Workload(prompts, out_spec if opts.output_tokens else None, per_row, sampling, opts.prompts, opts.seed)
-    else:
-        n_in = opts.input_tokens or preset.get("input_tokens", 100)
-        workload = Workload(corpus_prompts(tokenizer, n_prompts, int(n_in), opts.seed), out_spec, [], sampling,
-                            f"shipped corpus, {n_in} input tokens" + ("" if tokenizer else " (approximate: words)"),
-                            opts.seed)
-    duration = opts.duration_s or (None if opts.requests else preset.get("duration_s", 30.0))
-    record = _server_for(opts)
-    url = _default_url(opts, record)
+    bounds = slo.parse(opts.slo if opts.slo is not None else preset.slo)
+    target = _target(opts)
+    build = _build_record(opts, target)
+    model = _model(opts, build, target)
+    workload = _workload(opts, preset, _tokenizer(opts, build, say))
+    duration = opts.duration_s or (None if opts.requests else preset.duration_s)
     spec = RunSpec(loads=loads, duration_s=duration, requests=opts.requests,
                    warmup_s=opts.warmup_s if opts.warmup_s is not None else (2.0 if is_sweep else 0.0),
                    sweep=is_sweep, window_s=opts.window_s, max_step_s=opts.max_step_s, timeout_s=opts.timeout_s,
-                   slo=bounds, soak=opts.soak, lora=opts.lora, metrics_url=_metrics_url(opts, url, record), seed=opts.seed)
+                   slo=bounds, soak=opts.soak, lora=opts.lora, metrics_url=_metrics_url(opts, target), seed=opts.seed)
     price = _price(opts, build)
-    api_path = Path(opts.api_prices) if opts.api_prices else API_PRICES
-    try:
-        api = cost_mod.parse_prices(json.loads(api_path.read_text()))
-    except (OSError, ValueError, KeyError) as err:
-        raise UsageError(f"cannot read API prices from {api_path}: {err}") from None
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     out_dir = Path(opts.out) if opts.out else Path("perf-results") / f"{model}-{stamp}"
-    meta = {"model": model, "url": url, "metrics_url": spec.metrics_url, "protocol": opts.protocol, "preset": opts.preset,
-            "load": ", ".join(l.label for l in loads) + (" (sweep)" if is_sweep else ""),
+    meta = {"model": model, "url": target.url, "metrics_url": spec.metrics_url, "protocol": opts.protocol,
+            "preset": opts.preset, "load": ", ".join(l.label for l in loads) + (" (sweep)" if is_sweep else ""),
             "duration_s": duration, "requests": opts.requests, "workload": workload.describe(),
-            "gpu": (price or {}).get("gpu"), "price": price, "lora": opts.lora, "soak": opts.soak}
-    from tritonkit.perf import faults, readiness
-
-    if opts.on_error not in faults.ON_ERROR:
-        raise UsageError(f"--on-error must be one of {', '.join(faults.ON_ERROR)}, got {opts.on_error!r}")
-    probes = readiness.probe_urls(opts.protocol, url, model, record.http_url if record is not None else None)
-    meta["on_error"] = opts.on_error
-    return Plan(model, url, opts.protocol, spec, workload, price, api, bounds, out_dir, meta, opts.on_error, probes)
+            "gpu": (price or {}).get("gpu"), "price": price, "lora": opts.lora, "soak": opts.soak,
+            "server": target.record.name if target.record else None, "on_error": opts.on_error}
+    return Plan(model, target.url, opts.protocol, spec, workload, price, _api_prices(opts), bounds, out_dir, meta,
+                opts.on_error, _probes(opts, target, model))
 
 
 async def _run(plan: Plan, on_progress) -> tuple[RunResult, dict]:
