@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tritonkit import catalog, gpus
+from tritonkit import catalog, gpus, weightfiles
 from tritonkit.errors import UsageError
 
 SEED_MODELS = ("llama2-7b", "llama2-13b", "redpajama-3b", "redpajama-7b")
@@ -48,7 +48,7 @@ def test_catalog_parameter_counts_match_the_architecture(name, tritonkit_home):
 
 def test_tiny_llama_entry_matches_a_fresh_build(tiny_model, tritonkit_home):
     built, _ = catalog.architecture_from_config(tiny_model / "config.json")
-    built = catalog.Architecture(**{**built.__dict__, "num_parameters": catalog.count_parameters(tiny_model)})
+    built = catalog.Architecture(**{**built.__dict__, "num_parameters": weightfiles.count_parameters(tiny_model)})
     assert built == catalog.Architecture(**catalog.load_catalog()["tiny-llama"]["architecture"])
 
 
@@ -142,6 +142,16 @@ def test_profiles_cover_the_issue_and_state_their_source(tritonkit_home):
     assert profiles["a10x4"].instance == "AWS g5.12xlarge" and profiles["a10x4"].gpus == 4
     about = json.loads(gpus.PACKAGE_PROFILES.read_text())["_about"]
     assert about["recorded"] and "prices" in about
+
+
+@pytest.mark.parametrize("content, message", [
+    ('{"profiles": ["a10"]}', 'has no "profiles" object'), ("[]", 'has no "profiles" object'),
+    ("{}", 'has no "profiles" object'), ('{"profiles": ', "is unreadable"),
+])
+def test_a_broken_user_profiles_file_is_named(tritonkit_home, content, message):
+    (tritonkit_home / "gpus.json").write_text(content)
+    with pytest.raises(UsageError, match=f"GPU profiles file {tritonkit_home / 'gpus.json'} {message}"):
+        gpus.load_profiles()
 
 
 def test_cpu_profile_is_this_machine(tritonkit_home):

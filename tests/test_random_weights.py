@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tritonkit import catalog, randomweights
+from tritonkit import catalog, randomweights, weightfiles
 from tritonkit.catalog import Architecture, estimate_parameters
 
 MINI_LLAMA = {"model_type": "llama", "num_hidden_layers": 2, "hidden_size": 128, "intermediate_size": 344,
@@ -71,11 +71,11 @@ def test_build_random_weights_cli_writes_the_catalog_architecture(user_catalog, 
     for key, value in want.items():
         if key != "num_parameters":
             assert getattr(arch, key) == value, key
-    assert catalog.count_parameters(folder) == want["num_parameters"]
+    assert weightfiles.count_parameters(folder) == want["num_parameters"]
     config = json.loads((folder / "config.json").read_text())
     assert config["architectures"] == ["LlamaForCausalLM"]
     assert (config.get("dtype") or config.get("torch_dtype")) == args["dtype"]
-    header = catalog.safetensors_header(next(folder.glob("*.safetensors")))
+    header = weightfiles.safetensors_header(next(folder.glob("*.safetensors")))
     assert {v["dtype"] for v in header.values()} == {"BF16" if args["dtype"] == "bfloat16" else "F32"}
     marker = json.loads((folder / catalog.RANDOM_WEIGHTS_MARKER).read_text())
     assert marker["random_weights"] is True and marker["num_parameters"] == want["num_parameters"]
@@ -113,7 +113,7 @@ def test_shards_and_index_without_two_copies(user_catalog, tmp_path):
     # No shard above the limit unless one tensor alone is larger (the embedding is 1000 × 128 × 4 B).
     for shard in shards:
         assert shard.stat().st_size < 300_000 + 1000 * 128 * 4 + 10_000
-    assert catalog.count_parameters(folder) == user_catalog["mini-neox"]["architecture"]["num_parameters"]
+    assert weightfiles.count_parameters(folder) == user_catalog["mini-neox"]["architecture"]["num_parameters"]
     assert index["metadata"]["total_size"] == 4 * user_catalog["mini-neox"]["architecture"]["num_parameters"]
 
     import torch

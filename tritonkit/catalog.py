@@ -6,15 +6,15 @@ config.json in a local folder or in the Hugging Face cache.
 
 from __future__ import annotations
 
-import difflib
 import json
 import re
-import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tritonkit.errors import UsageError
+from tritonkit.names import nearest
 from tritonkit.paths import home, shipped
+from tritonkit.weightfiles import count_parameters
 
 PACKAGE_CATALOG = shipped("tritonkit/data/models.json")
 RANDOM_WEIGHTS_MARKER = "TRITONKIT_RANDOM_WEIGHTS.json"
@@ -163,15 +163,6 @@ def resolve(model: str) -> ModelSpec:
                      f"and no config.json for it in the Hugging Face cache", hint)
 
 
-def nearest(name: str, choices: list[str], n: int = 3) -> list[str]:
-    """Names that start like `name` first, then difflib's closest."""
-    low = name.lower()
-    found = [c for c in choices if c.lower().startswith(low)]
-    found += difflib.get_close_matches(low, [c.lower() for c in choices], n=n, cutoff=0.4)
-    by_lower = {c.lower(): c for c in choices}
-    return list(dict.fromkeys(by_lower[f.lower()] for f in found))[:n]
-
-
 def _hf_cached_config(repo_id: str) -> Path | None:
     try:
         from huggingface_hub import try_to_load_from_cache
@@ -248,27 +239,6 @@ def estimate_parameters(a: Architecture) -> int:
         final_norm = h
     embeddings = a.vocab_size * h * (1 if a.tie_word_embeddings else 2)
     return a.num_hidden_layers * per_layer + embeddings + final_norm
-
-
-def safetensors_header(path: Path) -> dict:
-    """The JSON header of a .safetensors file: tensor name -> dtype, shape, offsets."""
-    with open(path, "rb") as f:
-        (size,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(size))
-    header.pop("__metadata__", None)
-    return header
-
-
-def count_parameters(folder: Path) -> int:
-    """Exact parameter count from the safetensors headers (no weights are read); 0 if none."""
-    total = 0
-    for shard in sorted(folder.glob("*.safetensors")):
-        for info in safetensors_header(shard).values():
-            n = 1
-            for dim in info["shape"]:
-                n *= dim
-            total += n
-    return total
 
 
 def describe(spec: ModelSpec) -> str:

@@ -8,8 +8,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from tritonkit.catalog import nearest
 from tritonkit.errors import UsageError
+from tritonkit.names import nearest
 from tritonkit.paths import home, shipped
 
 PACKAGE_PROFILES = shipped("tritonkit/data/gpus.json")
@@ -65,10 +65,12 @@ def machine_memory_mib() -> int:
 def _load_file(path: Path) -> dict[str, dict]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-        profiles = data["profiles"]
-        assert isinstance(profiles, dict)
-    except (OSError, ValueError, KeyError, AssertionError, TypeError) as err:
-        raise UsageError(f"GPU profiles file {path} is unreadable or has no \"profiles\" object: {err}") from None
+    except (OSError, ValueError) as err:
+        raise UsageError(f"GPU profiles file {path} is unreadable: {err}") from None
+    profiles = data.get("profiles") if isinstance(data, dict) else None
+    if not isinstance(profiles, dict):
+        raise UsageError(f"GPU profiles file {path} has no \"profiles\" object",
+                         'write {"profiles": {"NAME": {...}}}, like the shipped tritonkit/data/gpus.json')
     return profiles
 
 

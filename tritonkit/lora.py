@@ -12,7 +12,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from tritonkit.catalog import RANDOM_WEIGHTS_MARKER, Architecture, ModelSpec, safetensors_header
+from tritonkit.catalog import RANDOM_WEIGHTS_MARKER, Architecture, ModelSpec
+from tritonkit.weightfiles import safetensors_header
 from tritonkit.errors import TritonkitError, UsageError
 
 NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
@@ -56,9 +57,10 @@ def inspect(name: str, path: Path) -> Adapter:
         raise UsageError(f"{path} is not a PEFT adapter: it has no adapter_config.json")
     try:
         cfg = json.loads(config_path.read_text(encoding="utf-8"))
-        assert isinstance(cfg, dict)
-    except (ValueError, AssertionError):
-        raise UsageError(f"{config_path} is not a JSON object") from None
+    except ValueError:
+        cfg = None
+    if not isinstance(cfg, dict):
+        raise UsageError(f"{config_path} is not a JSON object")
     if cfg.get("peft_type") != "LORA" or not isinstance(cfg.get("r"), int) or not cfg.get("target_modules"):
         raise UsageError(f"{path} is not a PEFT LoRA adapter: adapter_config.json needs "
                          "peft_type LORA, an integer r and target_modules")
@@ -209,7 +211,10 @@ def merge(base_source: str, adapter: Adapter, out: Path) -> None:
         raise TritonkitError(f"cannot load the base model {base_source} to merge into: "
                              f"{str(err).splitlines()[0]}") from None
     merged = PeftModel.from_pretrained(base, str(adapter.path)).merge_and_unload()
-    merged.save_pretrained(out, safe_serialization=True)
+    from tritonkit.quiet import no_progress_bars
+
+    with no_progress_bars():
+        merged.save_pretrained(out, safe_serialization=True)
     # A fine-tune that added tokens ships its tokenizer with the adapter.
     has_tokenizer = (adapter.path / "tokenizer_config.json").exists()
     AutoTokenizer.from_pretrained(str(adapter.path) if has_tokenizer else base_source).save_pretrained(out)

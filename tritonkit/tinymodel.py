@@ -67,7 +67,10 @@ def build_tiny_llama(out_dir: str | Path, seed: int = 0, **overrides) -> Path:
     )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config).to(torch.float32)
-    model.save_pretrained(out, safe_serialization=True)
+    from tritonkit.quiet import no_progress_bars
+
+    with no_progress_bars():  # a blink-long 'Writing model shards' bar says nothing
+        model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     # Random weights: say so where a person (and tritonkit's own output) will look.
     (out / "TRITONKIT_RANDOM_WEIGHTS.json").write_text(
