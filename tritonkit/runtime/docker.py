@@ -14,12 +14,12 @@ to the client through its environment and never appear in an argument, a file or
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import subprocess
 from pathlib import Path
 
+from tritonkit import buildrecord
 from tritonkit.errors import ServerError, UsageError
 from tritonkit.runtime import engine as engines
 from tritonkit.runtime import health
@@ -77,13 +77,11 @@ def referenced_paths(repository: Path) -> list[Path]:
     """Absolute local paths named by the repository's model.json / multi_lora.json files."""
     found: list[Path] = []
     for model_dir in sorted(p for p in repository.iterdir() if (p / "config.pbtxt").is_file()):
-        version = model_dir / "1"
         values: list = []
-        if (version / "model.json").is_file():
-            engine = _read_json(version / "model.json")
+        if (model_dir / "1" / buildrecord.ENGINE_FILE).is_file():
+            engine = buildrecord.engine_args(model_dir)
             values += [engine.get(key) for key in PATH_KEYS]
-        if (version / "multi_lora.json").is_file():
-            values += list(_read_json(version / "multi_lora.json").values())
+        values += list(buildrecord.multi_lora(model_dir).values())
         for value in values:
             if isinstance(value, str) and os.path.isabs(value):
                 path = Path(value)
@@ -92,16 +90,6 @@ def referenced_paths(repository: Path) -> list[Path]:
                                      "fix the path, or rebuild the repository")
                 found.append(path)
     return found
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise UsageError(f"cannot read {path}: {err}", "rebuild the repository with `tritonkit build`") from None
-    if not isinstance(data, dict):
-        raise UsageError(f"{path} is not a JSON object", "rebuild the repository with `tritonkit build`")
-    return data
 
 
 def _is_secret(key: str) -> bool:
