@@ -24,7 +24,8 @@ def _session_home(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("TRITONKIT_HOME", str(root / "tritonkit"))
         for name, folder in (("HF_HOME", "hf"), ("HF_HUB_CACHE", "hf/hub"), ("VLLM_CACHE_ROOT", "vllm"),
-                             ("XDG_CACHE_HOME", "xdg-cache"), ("MPLCONFIGDIR", "matplotlib")):
+                             ("VLLM_CONFIG_ROOT", "vllm-config"), ("XDG_CACHE_HOME", "xdg-cache"),
+                             ("MPLCONFIGDIR", "matplotlib")):  # not XDG_CONFIG_HOME: pip's index config lives there
             patch.setenv(name, str(root / folder))
         patch.setenv("HF_HUB_OFFLINE", "1")
         if install.TritonInstall(users_runtime).is_complete():

@@ -52,6 +52,7 @@ def test_no_server_defaults_to_model_repository_here(tritonkit_home, tmp_path, m
     assert target.resolve("grpc") == target.Target(None, None, None)
     (tmp_path / "model_repository").mkdir()
     assert target.resolve("grpc").repository == target.Path("model_repository")
+    assert target.resolve("grpc", url="127.0.0.1:7001").repository is None  # not a server tritonkit started
 
 
 def test_perf_without_a_model_says_what_it_looked_at(tritonkit_home, tmp_path, monkeypatch):

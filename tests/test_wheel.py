@@ -130,9 +130,9 @@ def test_build_and_perf_with_a_preset_outside_the_checkout(installed, outside):
 
     done = _run([tritonkit, "perf", "--preset", "no-such-preset"], folder, env)
     assert done.returncode == 2 and "use one of: chat, classification" in done.stderr, done.stderr
-    # The preset loads, the build's repository is found by default; nothing answers on port 1.
-    done = _run([tritonkit, "perf", "--preset", "classification", "--requests", "1", "--url", "127.0.0.1:1",
-                 "--metrics-url", "none"], folder, env)
+    # The preset loads and the build is read (its model, price, tokenizer); nothing answers on port 1.
+    done = _run([tritonkit, "perf", "--preset", "classification", "-r", "model_repository", "--requests", "1",
+                 "--url", "127.0.0.1:1", "--metrics-url", "none"], folder, env)
     assert done.returncode == 4, done.stderr[-3000:]
     assert "cannot reach Triton gRPC at 127.0.0.1:1" in done.stderr
     assert "Traceback" not in done.stderr

@@ -3,7 +3,7 @@
 In order: --name is that recorded server; --url is the live tritonkit server listening on that
 port (none: a server tritonkit did not start); --repository is the live server serving it; with
 none of them, the one live tritonkit server (none running: the protocol's default address).
-The model repository behind it is --repository, else the server's, else ./model_repository
+The model repository behind it is --repository, else the server's, else (no --url) ./model_repository
 where `tritonkit build` and `tritonkit serve` put it by default.
 """
 
@@ -85,6 +85,8 @@ def resolve(protocol: str, name: str | None = None, url: str | None = None,
         repo = Path(repository).expanduser()
     elif record is not None:
         repo = Path(record.repository)
+    elif url:
+        repo = None  # a server tritonkit did not start: ./model_repository says nothing about it
     else:
         repo = Path(DEFAULT_REPOSITORY) if Path(DEFAULT_REPOSITORY).is_dir() else None
     return Target(record, url, repo)
