@@ -64,8 +64,10 @@ def test_perf_without_a_model_says_what_it_looked_at(tritonkit_home, tmp_path, m
 
 
 def test_perf_and_generate_agree(servers, tmp_path):
-    plan = session.resolve(session.Options(rate="1", metrics_url="none"), say=lambda m: None)
+    said = []
+    plan = session.resolve(session.Options(rate="1", metrics_url="none"), say=said.append)
     assert (plan.model, plan.url, plan.meta["server"]) == ("tiny", "127.0.0.1:9001", "a")
+    assert said[0] == "perf: server a at 127.0.0.1:9001, model tiny"
     from tritonkit.commands.generate import _target
 
     found, model = _target(None, None, None, "grpc")

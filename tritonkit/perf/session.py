@@ -226,6 +226,9 @@ def resolve(opts: Options, say=lambda m: print(m, file=sys.stderr)) -> Plan:
     target = _target(opts)
     build = _build_record(opts, target)
     model = _model(opts, build, target)
+    if target.record is not None and not (opts.url or opts.name):  # found, not named: say which
+        say(f"perf: server {target.record.name} at {target.url}, model {model}"
+            + (f", build in {target.repository}" if build else ""))
     workload = _workload(opts, preset, _tokenizer(opts, build, say))
     duration = opts.duration_s or (None if opts.requests else preset.duration_s)
     spec = RunSpec(loads=loads, duration_s=duration, requests=opts.requests,
