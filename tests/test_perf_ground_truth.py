@@ -105,7 +105,41 @@ def test_concurrency_matches_ground_truth(server):
     _check_timing(step)
     # Closed loop: each user waits for its answer, so throughput = users / E2E (within 10%).
     assert step.rps == pytest.approx(4 / step.summaries["e2e"].mean, rel=0.10)
-    assert step.summaries["send_lag"].max < 0.005
+    # Honest closed-loop lag: from the user's previous answer (stamped on arrival) to the next send.
+    assert step.summaries["send_lag"].p99 < 0.005 and not step.client_limited
+
+
+@pytest.mark.slow  # starts a server
+def test_closed_loop_send_lag_shows_a_starved_client(server):
+    """A client whose event loop is blocked 60% of the time comes back late to send each user's next
+    request: that shows as send lag (intended = the previous answer's arrival, stamped off the loop)
+    and as a client-limited verdict naming a cause. It could not fail when the intended time was
+    taken right before sending."""
+    workload = Workload(corpus_prompts(None, 200, 20), parse_output_length(K),
+                        sampling={"gt_first_delay_ms": FIRST * 1000, "gt_gap_ms": GAP * 1000})
+
+    async def go():
+        done = asyncio.Event()
+
+        async def hog():
+            while not done.is_set():
+                time.sleep(0.03)  # a blocking call in the loop: nothing else runs meanwhile
+                await asyncio.sleep(0.02)
+
+        client = open_client("grpc", server.spec.grpc_url, "ground_truth")
+        hogging = asyncio.create_task(hog())
+        try:
+            return await Runner(client, workload, RunSpec([Load("concurrency", 4)], requests=60)).run()
+        finally:
+            done.set()
+            await hogging
+            await client.close()
+
+    (step,) = asyncio.run(go()).steps
+    assert step.ok == 60
+    lag = step.summaries["send_lag"]
+    assert lag.p99 > 0.010 and lag.mean > 0.002, lag
+    assert step.client_limited and "send lag" in step.client_note and "Cause:" in step.client_note, step.client_note
 
 
 @pytest.mark.slow  # starts a server

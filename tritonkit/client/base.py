@@ -78,6 +78,13 @@ class StreamClient:
                request_id: str | None = None) -> AsyncIterator[Chunk]:
         raise NotImplementedError
 
+    async def request(self, prompt: str, sampling: dict, lora_name: str | None, request_id: str,
+                      observe, slot: int | None = None) -> None:
+        """The load generator's path: send one request, call `observe(chunk)` for each chunk
+        (possibly on another thread), return after the final one. `slot` groups a user's requests."""
+        async for chunk in self.stream(prompt, sampling, lora_name, request_id):
+            observe(chunk)
+
     async def close(self) -> None:
         raise NotImplementedError
 

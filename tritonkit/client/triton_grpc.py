@@ -11,6 +11,7 @@ parameter: without it a request whose backend ends with a bare FINAL flag would 
 
 from __future__ import annotations
 
+import asyncio
 import struct
 import time
 from typing import AsyncIterator
@@ -19,6 +20,7 @@ import grpc
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from tritonkit.client.base import Chunk, RequestError, StreamClient, UnknownModel, Unreachable, sampling_json
+from tritonkit.client.grpc_streams import StreamPool
 from tritonkit.errors import ServerError
 
 _BOOL_INPUTS = ("stream", "exclude_input_in_output", "return_num_input_tokens",
@@ -88,6 +90,8 @@ class TritonGrpcClient(StreamClient):
         self._channel: grpc.aio.Channel | None = None
         self._stub: service_pb2_grpc.GRPCInferenceServiceStub | None = None
         self._template = _request_template(model)
+        self._pool: StreamPool | None = None
+        self.n_streams = 16  # shared streams of the load generator's hot path (`request`)
 
     def _get_stub(self) -> service_pb2_grpc.GRPCInferenceServiceStub:
         if self._stub is None:  # created lazily: a grpc.aio channel belongs to the running loop
@@ -161,7 +165,30 @@ class TritonGrpcClient(StreamClient):
             if not finished:  # cancelled or abandoned: tell Triton, which aborts the vLLM request
                 call.cancel()
 
+    def _build(self, prompt: str, sampling: dict, lora_name: str | None) -> bytes:
+        req = service_pb2.ModelInferRequest()
+        req.CopyFrom(self._template)
+        req.raw_input_contents[0] = _bytes_tensor(prompt.encode("utf-8"))
+        req.raw_input_contents[1] = _bytes_tensor(sampling_json(sampling, lora_name).encode("utf-8"))
+        return req.SerializeToString()
+
+    async def request(self, prompt: str, sampling: dict, lora_name: str | None, request_id: str,
+                      observe, slot: int | None = None) -> None:
+        """The load generator's path: shared long-lived streams (see grpc_streams); `observe` is
+        called on a reader thread with each chunk, stamped on arrival."""
+        if self._pool is None:
+            self._pool = StreamPool(self.url, self._template, _parse, self._rpc_error,
+                                    lambda message: _server_error(message, self.model), self.n_streams,
+                                    [("grpc.max_send_message_length", _MAX_MESSAGE),
+                                     ("grpc.max_receive_message_length", _MAX_MESSAGE)])
+        pool = self._pool
+        body = pool.body((prompt, lora_name, *sampling.items()), lambda: self._build(prompt, sampling, lora_name))
+        await pool.request(request_id, body, observe, slot)
+
     async def close(self) -> None:
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            await asyncio.to_thread(pool.close)
         if self._channel is not None:
             await self._channel.close()
             self._channel = self._stub = None

@@ -45,6 +45,8 @@ from tritonkit.errors import Interrupted, ServerError
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of prompts, output lengths and Poisson arrivals.")
 @click.option("--on-error", type=click.Choice(["continue", "stop"]), default="continue", show_default=True,
               help="On a failed request: count it by kind and go on, or stop the run (results kept).")
+@click.option("--workers", default=None, help="Load generator processes: a number, or auto [default: auto: 1 for light "
+              "loads, up to half the cores for heavy ones].")
 def perf(as_json: bool, **options) -> None:
     """Load-test a running server over streaming; report latency, throughput and cost."""
     from tritonkit.perf import session

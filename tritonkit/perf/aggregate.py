@@ -45,6 +45,7 @@ class StepResult:
     stable: bool | None = None
     windows: list[dict] = field(default_factory=list)
     client_cpu_s: float | None = None
+    client_usage: dict = field(default_factory=dict)  # verdict.ClientUsage: workers, CPU, CPU wait, machine
     server_metrics: dict = field(default_factory=dict)
     samples: list[RequestRecord] = field(default_factory=list)
 
@@ -86,7 +87,7 @@ class StepResult:
             "percentile_method": self.percentile_method,
             "good": self.good, "goodput_requests_per_s": self.goodput_rps, "slo_met": self.slo_met,
             "client_limited": self.client_limited, "client_note": self.client_note,
-            "client_cpu_s": self.client_cpu_s, "stable": self.stable, "windows": self.windows,
+            "client_cpu_s": self.client_cpu_s, "client_usage": self.client_usage, "stable": self.stable, "windows": self.windows,
             "server_metrics": self.server_metrics,
         }
         if with_samples:

@@ -9,19 +9,20 @@ throughput stops growing.
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import time
 from dataclasses import dataclass, field
 from typing import Callable
 
 from tritonkit.client import RequestError, StreamClient, Unreachable, error_kind
-from tritonkit.perf import server_metrics, stability
+from tritonkit.perf import server_metrics, stability, verdict
 from tritonkit.perf.aggregate import Aggregator, StepResult
 from tritonkit.perf.records import RequestRecord
 from tritonkit.perf.schedules import Load, offsets
 from tritonkit.perf.workload import Workload
 
-CLIENT_LAG_LIMIT_S = 0.005  # p99 send lag above this: the client, not the server, set the pace
+CLIENT_LAG_LIMIT_S = verdict.LAG_LIMIT_S
 
 
 @dataclass
@@ -46,6 +47,24 @@ class RunSpec:
     seed: int = 0
     probe_every_s: float = 1.0
     probe_timeout_s: float = 2.0
+    workers: int = 1  # generator processes (tritonkit.perf.workers); 1: this process, as always
+    think_s: float = 0.0  # closed loop: pause between a user's answer and its next request
+
+
+@dataclass(frozen=True)
+class Share:
+    """Which part of each step this generator sends: worker `index` of `of`. Open loop: schedule
+    entries index, index + of, ... (so the merged schedule is exactly the requested one); closed
+    loop: users index, index + of, ... and request numbers index + of * j."""
+
+    index: int = 0
+    of: int = 1
+
+    def users(self, total: int) -> int:
+        return len(range(self.index, total, self.of))
+
+    def budget(self, total: int) -> int:
+        return total // self.of + (self.index < total % self.of)
 
 
 @dataclass
@@ -65,8 +84,11 @@ class Stop(Exception):
 class Runner:
     def __init__(self, client: StreamClient, workload: Workload, spec: RunSpec,
                  on_progress: Callable[[dict], None] | None = None,
-                 on_record: Callable[[str, RequestRecord], None] | None = None):
+                 on_record: Callable[[str, RequestRecord], None] | None = None,
+                 share: Share = Share(), pool=None):
         self.client, self.workload, self.spec = client, workload, spec
+        self.share = share
+        self.pool = pool  # a workers.WorkerPool: the workers send, this process measures
         self.on_progress = on_progress or (lambda info: None)
         self.on_record = on_record or (lambda step, rec: None)  # every finished request (perf.watch)
         # False (--on-error continue): a server that answers but is not ready (an engine restarting)
@@ -143,8 +165,9 @@ class Runner:
     async def _step(self, load: Load, n: int, t0: float) -> StepResult:
         spec = self.spec
         before = await asyncio.to_thread(server_metrics.scrape, spec.metrics_url, self.client.model)
-        cpu0 = time.process_time()
-        start = time.perf_counter()
+        machine = verdict.MachineClock()
+        own0 = verdict.Sample.now()
+        start = time.perf_counter() + (0.05 if self.pool else 0.0)  # workers: time to receive the step
         measure_from = start + spec.warmup_s
         if spec.sweep:
             hard_end = measure_from + spec.max_step_s
@@ -158,9 +181,9 @@ class Runner:
         windows: list[stability.Window] = []
 
         def finished(rec: RequestRecord) -> None:
-            self.on_record(load.label, rec)
             self.counts["done"] += 1
             self.counts["ok" if rec.ok else "failed"] += 1
+            self.on_record(load.label, rec)
             if spec.soak:
                 if rec.intended >= measure_from:
                     agg.add(rec)
@@ -169,15 +192,15 @@ class Runner:
 
         ticker = asyncio.create_task(self._tick(load, n, start, measure_from, kept, windows))
         try:
-            if load.open_loop:
-                await self._open_loop(load, n, start, finished)
+            if self.pool is not None:
+                worker_use = await self.pool.step(self, load, n, start, finished)
             else:
-                await self._closed_loop(load, finished)
-            await self._drain()
+                worker_use = None
+                await self.generate(load, n, start, finished)
         finally:
             ticker.cancel()
         end = min(self.step_end, time.perf_counter())
-        cpu = time.process_time() - cpu0
+        own = verdict.Sample.now()
         stable = None
         measured_from = measure_from
         if spec.sweep:
@@ -191,15 +214,35 @@ class Runner:
         after = await asyncio.to_thread(server_metrics.scrape, spec.metrics_url, self.client.model)
         result = agg.result(load.label, load.kind, load.value, measured_from, end)
         result.stable, result.windows = stable, [w.to_dict(t0) for w in windows]
-        result.client_cpu_s = cpu
+        parts = worker_use or [(own.cpu_s - own0.cpu_s, own.wait_s - own0.wait_s)]
+        usage = verdict.ClientUsage(
+            workers=len(parts), cpu_s=sum(c for c, _ in parts), wait_s=sum(w for _, w in parts),
+            max_worker_cpu_s=max(c for c, _ in parts), max_worker_wait_s=max(w for _, w in parts),
+            machine_busy=machine.busy_share(), cores=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+            else (os.cpu_count() or 1))
+        if worker_use:  # the parent measures, the workers send: both are the client
+            usage.cpu_s += own.cpu_s - own0.cpu_s
+        result.client_cpu_s = usage.cpu_s
+        result.client_usage = usage.to_dict()
         result.server_metrics = server_metrics.diff(before, after)
-        self._judge_client(result, load)
+        verdict.judge(result, load, usage)
         return result
+
+    async def generate(self, load: Load, n: int, start: float, finished) -> None:
+        """Send this generator's share of step n (from perf_counter `start`), then let it finish."""
+        if load.open_loop:
+            await self._open_loop(load, n, start, finished)
+        else:
+            await self._closed_loop(load, start, finished)
+        await self._drain()
 
     async def _open_loop(self, load: Load, n: int, start: float, finished) -> None:
         horizon = None if self.step_end == float("inf") else self.step_end - start
         count = self.spec.requests if not self.spec.sweep else None
-        for off in offsets(load, horizon, count, seed=self.spec.seed + n):
+        k, of = self.share.index, self.share.of
+        for i, off in enumerate(offsets(load, horizon, count, seed=self.spec.seed + n)):
+            if i % of != k:
+                continue  # another worker's entry of the one schedule
             if self.stop.is_set():
                 return
             intended = start + off
@@ -211,20 +254,30 @@ class Runner:
                 if self.stop.is_set() or intended >= self.step_end:
                     return
                 delay = intended - time.perf_counter()
-            self._spawn(intended, finished)
+            self._spawn(i, intended, finished)
 
-    async def _closed_loop(self, load: Load, finished) -> None:
-        budget = [self.spec.requests] if self.spec.requests and not self.spec.sweep else None
+    async def _closed_loop(self, load: Load, start: float, finished) -> None:
+        requests = self.spec.requests if self.spec.requests and not self.spec.sweep else None
+        budget = [self.share.budget(requests)] if requests else None
+        think = self.spec.think_s
+        numbers = iter(range(self.share.index, 2**62, self.share.of))
 
-        async def user() -> None:
-            while not self.stop.is_set() and time.perf_counter() < self.step_end:
+        async def user(slot: int) -> None:
+            # Intended send time: the user's previous answer (+ think time), so a client that
+            # comes back late to send shows it as send lag instead of hiding it.
+            intended = start
+            while not self.stop.is_set() and intended < self.step_end:
                 if budget is not None:
                     if budget[0] <= 0:
                         return
                     budget[0] -= 1
-                await self._request(time.perf_counter(), finished)
+                delay = intended - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                rec = await self._request(next(numbers), intended, finished, slot)
+                intended = (rec.done if rec.done is not None else time.perf_counter()) + think
 
-        users = [asyncio.create_task(user()) for _ in range(int(load.value))]
+        users = [asyncio.create_task(user(u)) for u in range(self.share.users(int(load.value)))]
         stopper = asyncio.create_task(self.stop.wait())
         try:
             pending = set(users)
@@ -237,8 +290,8 @@ class Runner:
                 u.cancel()
             await asyncio.gather(*users, return_exceptions=True)
 
-    def _spawn(self, intended: float, finished) -> None:
-        task = asyncio.create_task(self._request(intended, finished))
+    def _spawn(self, i: int, intended: float, finished) -> None:
+        task = asyncio.create_task(self._request(i, intended, finished))
         self.inflight.add(task)
         task.add_done_callback(self.inflight.discard)
 
@@ -255,17 +308,14 @@ class Runner:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _request(self, intended: float, finished) -> None:
-        i = self.next_index
-        self.next_index += 1
+    async def _request(self, i: int, intended: float, finished, slot: int | None = None) -> RequestRecord:
         prompt, n_prompt, sampling = self.workload.request(i)
         rec = RequestRecord(i, intended, max_tokens=sampling["max_tokens"], prompt_tokens=n_prompt)
-        rec.sent = time.perf_counter()
         self.counts["sent"] += 1
+        rec.sent = time.perf_counter()
         try:
             async with asyncio.timeout(self.spec.timeout_s):
-                async for chunk in self.client.stream(prompt, sampling, self.spec.lora, str(i)):
-                    rec.observe(chunk)
+                await self.client.request(prompt, sampling, self.spec.lora, str(i), rec.observe, slot)
             if rec.done is None:
                 rec.done = rec.chunks[-1] if rec.chunks else time.perf_counter()
         except TimeoutError:
@@ -280,6 +330,7 @@ class Runner:
         except Exception as err:  # noqa: BLE001 - recorded, never dropped
             rec.fail(error_kind(err), str(err), time.perf_counter())
         finished(rec)
+        return rec
 
     async def _tick(self, load: Load, n: int, start: float, measure_from: float,
                     kept: list, windows: list) -> None:
@@ -294,29 +345,7 @@ class Runner:
                 if stability.stable(windows, self.spec.stable_windows, self.spec.tolerance):
                     self.step_end = now
             total = (self.step_end - start) if self.step_end != float("inf") else None
+            inflight = self.counts["sent"] - self.counts["done"]
             self.on_progress({"step": n, "steps": len(self.spec.loads), "label": load.label,
-                              "elapsed_s": now - start, "planned_s": total, "inflight": len(self.inflight),
+                              "elapsed_s": now - start, "planned_s": total, "inflight": inflight,
                               **self.counts})
-
-    def _judge_client(self, result: StepResult, load: Load) -> None:
-        """Say plainly when the client could not keep the schedule, and why."""
-        period = result.end - result.start
-        share = result.client_cpu_s / period if period > 0 and result.client_cpu_s is not None else None
-        cpu = f"client CPU {share:.0%} of one core" if share is not None else ""
-        if not load.open_loop:
-            result.client_note = cpu
-            return
-        lag = result.summaries["send_lag"].p99
-        behind = result.send_rate < 0.95 * load.value and result.sent >= 20
-        if (lag is not None and lag > CLIENT_LAG_LIMIT_S) or behind:
-            result.client_limited = True
-            # A generator that lags while using little CPU was waiting for a CPU, not working:
-            # the machine (often shared with the server itself) is saturated.
-            cause = ("the machine is saturated (is the server on the same CPUs?) and the generator waited for CPU"
-                     if share is not None and share < 0.5 else "the generator itself is the bottleneck")
-            result.client_note = (f"CLIENT-LIMITED: the load generator could not keep the schedule "
-                                  f"(p99 send lag {lag * 1000:.1f} ms, {result.send_rate:.1f} of "
-                                  f"{load.value:g} req/s started; {cpu}): {cause}. Latencies include that lag; "
-                                  f"run the client elsewhere to see the server's own limit.")
-        else:
-            result.client_note = f"schedule kept (p99 send lag {(lag or 0) * 1000:.2f} ms; {cpu})"

@@ -9,6 +9,7 @@ same answer `generate` uses), its build record, model, tokenizer, workload, URLs
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import json
 import sys
@@ -20,6 +21,7 @@ from tritonkit.errors import UsageError
 from tritonkit.paths import shipped
 from tritonkit.perf import cost as cost_mod
 from tritonkit.perf import report, slo, summary
+from tritonkit.perf import workers as workers_mod
 from tritonkit.perf.presets import NO_PRESET, Preset
 from tritonkit.perf.presets import load as load_preset
 from tritonkit.perf.runner import RunResult, Runner, RunSpec
@@ -62,6 +64,7 @@ class Options:
     out: str | None = None
     seed: int = 0
     on_error: str = "continue"  # "stop": end the run at the first failed request
+    workers: str | None = None  # load generator processes: a number or "auto" (None)
 
 
 @dataclass
@@ -234,7 +237,8 @@ def resolve(opts: Options, say=lambda m: print(m, file=sys.stderr)) -> Plan:
     spec = RunSpec(loads=loads, duration_s=duration, requests=opts.requests,
                    warmup_s=opts.warmup_s if opts.warmup_s is not None else (2.0 if is_sweep else 0.0),
                    sweep=is_sweep, window_s=opts.window_s, max_step_s=opts.max_step_s, timeout_s=opts.timeout_s,
-                   slo=bounds, soak=opts.soak, lora=opts.lora, metrics_url=_metrics_url(opts, target), seed=opts.seed)
+                   slo=bounds, soak=opts.soak, lora=opts.lora, metrics_url=_metrics_url(opts, target), seed=opts.seed,
+                   workers=workers_mod.count(opts.workers, loads))
     price = _price(opts, build)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     out_dir = Path(opts.out) if opts.out else Path("perf-results") / f"{model}-{stamp}"
@@ -242,7 +246,8 @@ def resolve(opts: Options, say=lambda m: print(m, file=sys.stderr)) -> Plan:
             "preset": opts.preset, "load": ", ".join(l.label for l in loads) + (" (sweep)" if is_sweep else ""),
             "duration_s": duration, "requests": opts.requests, "workload": workload.describe(),
             "gpu": (price or {}).get("gpu"), "price": price, "lora": opts.lora, "soak": opts.soak,
-            "server": target.record.name if target.record else None, "on_error": opts.on_error}
+            "server": target.record.name if target.record else None, "on_error": opts.on_error,
+            "workers": spec.workers}
     return Plan(model, target.url, opts.protocol, spec, workload, price, _api_prices(opts), bounds, out_dir, meta,
                 opts.on_error, _probes(opts, target, model))
 
@@ -254,15 +259,20 @@ async def _run(plan: Plan, on_progress) -> tuple[RunResult, dict]:
     client = open_client(plan.protocol, plan.url, plan.model)
     try:
         await client.check()  # a server that is not there: a clear error, and no results folder
-        runner = Runner(client, plan.workload, plan.spec, on_progress)
-        watch = RunWatch(plan.out_dir, plan.on_error, plan.probe_urls, runner.halt, plan.meta)
-        runner.on_record = watch.record
-        runner.halt_when_unready = plan.on_error == "stop"
-        watch.start()
-        try:
-            result = await runner.run()
-        finally:
-            await watch.stop()
+        async with contextlib.AsyncExitStack() as stack:
+            pool = None
+            if plan.spec.workers > 1:  # worker processes send, this one measures (tritonkit.perf.workers)
+                pool = await stack.enter_async_context(workers_mod.WorkerPool(
+                    plan.protocol, plan.url, plan.model, plan.workload, plan.spec, plan.spec.workers))
+            runner = Runner(client, plan.workload, plan.spec, on_progress, pool=pool)
+            watch = RunWatch(plan.out_dir, plan.on_error, plan.probe_urls, runner.halt, plan.meta)
+            runner.on_record = watch.record
+            runner.halt_when_unready = plan.on_error == "stop"
+            watch.start()
+            try:
+                result = await runner.run()
+            finally:
+                await watch.stop()
     finally:
         await client.close()
     return result, watch.findings(result.t0, runner.counts)
@@ -273,6 +283,8 @@ def execute(plan: Plan, on_progress=None) -> tuple[dict, dict, RunResult]:
     file that could not be written is named in doc["results_error"]; what was written stays valid."""
     from tritonkit.perf.journal import ResultsWriteError
 
+    if plan.spec.workers > 1:
+        workers_mod.uvloop_policy()
     result, findings = asyncio.run(_run(plan, on_progress))
     doc = summary.build(result, plan.meta, plan.bounds, plan.price, plan.api_prices)
     doc.update(findings)

@@ -1,0 +1,116 @@
+"""`tritonkit perf --workers N`: the run is split over processes, never reshaped.
+
+Against the aiohttp ground-truth server (perf/sse_ground_truth.py, OpenAI SSE, known timings; no
+Triton, no vLLM): the merged intended send times of an open-loop run are exactly the requested
+schedule (same seed -> same offsets, same request numbers as one process), every request sent
+is counted once, closed-loop users are dealt over the workers, and one worker starts no process.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tritonkit.perf import workers
+from tritonkit.perf.runner import Share
+from tritonkit.perf.schedules import Load, offsets
+from tritonkit.runtime.spec import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+K = 3  # chunks per answer
+
+
+@pytest.fixture(scope="module")
+def sse_server():
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, str(ROOT / "perf" / "sse_ground_truth.py"), "--port", str(port),
+                             "--first-ms", "10", "--gap-ms", "5"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            break
+        except OSError:
+            assert proc.poll() is None, proc.stderr.read()
+            time.sleep(0.1)
+    yield f"http://127.0.0.1:{port}"
+    proc.terminate()
+    proc.wait(10)
+
+
+def _perf(url: str, out: Path, *args: str) -> tuple[dict, list[dict]]:
+    p = subprocess.run([sys.executable, "-m", "tritonkit", "perf", "--protocol", "openai", "--url", url,
+                        "-m", "ground_truth", "--output-tokens", str(K), "--metrics-url", "none", "--json",
+                        "--out", str(out), *args], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    with open(out / "requests.csv", newline="") as f:
+        return json.loads(p.stdout), list(csv.DictReader(f))
+
+
+def test_shares_partition_users_budgets_and_the_schedule():
+    for of in (1, 2, 3, 7):
+        shares = [Share(k, of) for k in range(of)]
+        assert sum(s.users(10) for s in shares) == 10
+        assert sum(s.budget(23) for s in shares) == 23
+    sched = list(offsets(Load("poisson", 50), 2.0, seed=3))
+    assert sched == list(offsets(Load("poisson", 50), 2.0, seed=3))  # same seed, same schedule
+    merged = sorted(off for k in range(3) for i, off in enumerate(sched) if i % 3 == k)
+    assert merged == sched
+
+
+def test_auto_worker_count():
+    assert workers.count("1", [Load("rate", 5000)]) == 1
+    assert workers.count("4", [Load("rate", 1)]) == 4
+    assert workers.count(None, [Load("rate", 10)]) == 1  # light loads: one process, as before
+    assert workers.count(None, [Load("concurrency", 4)]) == 1
+    assert 1 <= workers.count("auto", [Load("concurrency", 10_000)]) <= max(1, workers.cores() // 2)
+    with pytest.raises(Exception, match="--workers must be"):
+        workers.count("many", [Load("rate", 1)])
+    with pytest.raises(Exception, match="at least 1"):
+        workers.count("0", [Load("rate", 1)])
+
+
+def _offsets_of(rows: list[dict]) -> list[tuple[int, float]]:
+    first = min(float(r["intended_s"]) for r in rows)
+    return sorted((int(r["index"]), round(float(r["intended_s"]) - first, 5)) for r in rows)
+
+
+@pytest.mark.slow
+def test_open_loop_merged_schedule_is_exactly_the_requested_one(sse_server, tmp_path):
+    rate, duration, seed = 80, 2.0, 7
+    want = [round(o, 5) for o in offsets(Load("poisson", rate), duration, seed=seed)]
+    runs = {}
+    for n in (1, 3):
+        doc, rows = _perf(sse_server, tmp_path / f"w{n}", "--poisson", str(rate), "--duration", str(duration),
+                          "--seed", str(seed), "--workers", str(n))
+        step = doc["steps"][0]
+        assert doc["workers"] == n and step["client_usage"]["workers"] == n
+        assert step["sent"] == step["ok"] + step["failed"] == len(rows) == len(want)  # merged counts == sent
+        assert step["ok"] == len(want) and step["output_tokens"] == K * len(want)
+        got = _offsets_of(rows)
+        assert [i for i, _ in got] == list(range(len(want)))  # request i of the schedule, once each
+        assert [o for _, o in got] == pytest.approx([o - want[0] for o in want], abs=2e-5)
+        runs[n] = got
+    # one worker and three: the same requests at the same offsets
+    assert [i for i, _ in runs[1]] == [i for i, _ in runs[3]]
+    assert [o for _, o in runs[1]] == pytest.approx([o for _, o in runs[3]], abs=2e-5)
+
+
+@pytest.mark.slow
+def test_closed_loop_users_are_split_and_every_request_counted(sse_server, tmp_path):
+    doc, rows = _perf(sse_server, tmp_path / "c", "--concurrency", "5", "--requests", "41", "--workers", "2")
+    step = doc["steps"][0]
+    assert step["sent"] == step["ok"] == len(rows) == 41 and step["failed"] == 0
+    assert len({r["index"] for r in rows}) == 41
+    # worker 0 numbers its requests 0, 2, 4...; worker 1: 1, 3, 5...: both sent (users 3 + 2)
+    by_worker = {k: sum(int(r["index"]) % 2 == k for r in rows) for k in (0, 1)}
+    assert by_worker[0] == 21 and by_worker[1] == 20
+    # closed loop: throughput = users / E2E
+    assert step["requests_per_s"] == pytest.approx(5 / step["latency_s"]["e2e"]["mean"], rel=0.25)
