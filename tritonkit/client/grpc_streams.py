@@ -24,7 +24,7 @@ from typing import Callable
 import grpc
 from tritonclient.grpc import service_pb2
 
-from tritonkit.client.base import RequestError, Unreachable
+from tritonkit.client.base import RequestError
 
 METHOD = "/inference.GRPCInferenceService/ModelStreamInfer"
 _CACHE_MAX = 20000  # distinct (prompt, sampling) request bodies kept
@@ -84,8 +84,8 @@ class _Stream:
                 rid = resp.infer_response.id
                 with self.lock:
                     p = self.pending.get(rid)
-                    if p is None and resp.error_message and self.pending:
-                        # An error response may come without the id: the oldest request owns it.
+                    if p is None and not rid and self.pending and (resp.error_message or len(self.pending) == 1):
+                        # A response without an id (some error paths): the oldest request owns it.
                         rid = next(iter(self.pending))
                         p = self.pending[rid]
                 if p is None:
@@ -158,8 +158,6 @@ class StreamPool:
             await future
         except asyncio.CancelledError:
             stream.forget(request_id)
-            raise
-        except Unreachable:
             raise
 
     def close(self) -> None:

@@ -68,10 +68,14 @@ class OpenAIClient(SseClient):
                     raise UnknownModel(f"{self._endpoint}: HTTP 404: {text[:300]}", "check the model name and the URL")
                 await raise_for_status(resp, self._endpoint)
                 counted = 0  # cumulative completion tokens seen in usage so far
-                n_in = total = None
+                n_in = total = done_t = None
                 async for t, event in events(resp):
                     if event == "[DONE]":
-                        break
+                        # Read on to the end of the body (it follows at once): a response left
+                        # unread closes its connection, and a new TCP connect per request stalled
+                        # the loop (the 274 ms send lag of issue 13).
+                        done_t = t
+                        continue
                     if not isinstance(event, dict):
                         raise RequestError(f"unexpected event from the server: {event!r:.200}", "bad_response")
                     if "error" in event:
@@ -89,4 +93,4 @@ class OpenAIClient(SseClient):
                         yield Chunk(choice.get("text") or "", n_out if self.usage_per_chunk else None,
                                     choice.get("finish_reason"), n_in, t)
                         n_out = 0  # a chunk's usage delta belongs to its first choice
-                yield Chunk("", None, None, n_in, time.perf_counter(), final=True, total_output_tokens=total)
+                yield Chunk("", None, None, n_in, done_t or time.perf_counter(), final=True, total_output_tokens=total)

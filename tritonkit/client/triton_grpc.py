@@ -12,6 +12,7 @@ parameter: without it a request whose backend ends with a bare FINAL flag would 
 from __future__ import annotations
 
 import asyncio
+import os
 import struct
 import time
 from typing import AsyncIterator
@@ -92,6 +93,8 @@ class TritonGrpcClient(StreamClient):
         self._template = _request_template(model)
         self._pool: StreamPool | None = None
         self.n_streams = 16  # shared streams of the load generator's hot path (`request`)
+        # TRITONKIT_GRPC_STREAMS=per-request: one stream per request on the hot path too (to compare)
+        self.shared_streams = os.environ.get("TRITONKIT_GRPC_STREAMS", "shared") != "per-request"
 
     def _get_stub(self) -> service_pb2_grpc.GRPCInferenceServiceStub:
         if self._stub is None:  # created lazily: a grpc.aio channel belongs to the running loop
@@ -176,6 +179,8 @@ class TritonGrpcClient(StreamClient):
                       observe, slot: int | None = None) -> None:
         """The load generator's path: shared long-lived streams (see grpc_streams); `observe` is
         called on a reader thread with each chunk, stamped on arrival."""
+        if not self.shared_streams:
+            return await super().request(prompt, sampling, lora_name, request_id, observe, slot)
         if self._pool is None:
             self._pool = StreamPool(self.url, self._template, _parse, self._rpc_error,
                                     lambda message: _server_error(message, self.model), self.n_streams,

@@ -9,6 +9,7 @@ throughput stops growing.
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 import time
@@ -230,11 +231,21 @@ class Runner:
 
     async def generate(self, load: Load, n: int, start: float, finished) -> None:
         """Send this generator's share of step n (from perf_counter `start`), then let it finish."""
-        if load.open_loop:
-            await self._open_loop(load, n, start, finished)
-        else:
-            await self._closed_loop(load, start, finished)
-        await self._drain()
+        # What exists now is never garbage: keep the collector off it, and collect young objects
+        # less often (records are acyclic; a full collection over them stalled the loop).
+        gc.collect()
+        gc.freeze()
+        thresholds = gc.get_threshold()
+        gc.set_threshold(50_000, *thresholds[1:])
+        try:
+            if load.open_loop:
+                await self._open_loop(load, n, start, finished)
+            else:
+                await self._closed_loop(load, start, finished)
+            await self._drain()
+        finally:
+            gc.set_threshold(*thresholds)
+            gc.unfreeze()
 
     async def _open_loop(self, load: Load, n: int, start: float, finished) -> None:
         horizon = None if self.step_end == float("inf") else self.step_end - start

@@ -143,7 +143,8 @@ def _usage_text(usage: ClientUsage | None, period: float) -> str:
     if usage is None or period <= 0:
         return "client CPU unknown"
     text = (f"client CPU {usage.cpu_s / period:.0%} of one core over {usage.workers} worker(s) "
-            f"(busiest {usage.max_worker_cpu_s / period:.0%}), waited for CPU {usage.wait_s / period:.0%}")
+            f"(busiest {usage.max_worker_cpu_s / period:.0%}); its threads waited {usage.wait_s:.2f} s for a CPU "
+            f"in {period:.1f} s")
     if usage.machine_busy is not None:
         text += f", machine {usage.machine_busy:.0%} busy on {usage.cores} cores"
     return text
@@ -161,8 +162,8 @@ def _cause(usage: ClientUsage | None, period: float) -> str:
     if waited >= STARVED:
         if machine is not None and machine >= MACHINE_FULL:
             return (f"CPU starvation: the machine is saturated ({machine:.0%} of {usage.cores} cores busy, "
-                    f"e.g. by the server) and a worker waited {waited:.0%} of the time for a CPU")
-        return (f"CPU starvation: a worker waited {waited:.0%} of the time for a CPU while the machine was "
+                    f"e.g. by the server) and a worker's threads waited {waited:.2f} s per second for a CPU")
+        return (f"CPU starvation: a worker's threads waited {waited:.2f} s per second for a CPU while the machine was "
                 f"{'?' if machine is None else f'{machine:.0%}'} busy (pinned to too few cores, or a CPU quota)")
     return (f"an event-loop stall: the generator was late while using {busiest:.0%} of a core and waiting "
-            f"{waited:.0%} for CPU (blocking calls, GC pauses or slow callbacks in the loop)")
+            f"{waited:.2f} s per second for a CPU (blocking calls, GC pauses or slow callbacks in the loop)")
