@@ -113,4 +113,4 @@ def test_closed_loop_users_are_split_and_every_request_counted(sse_server, tmp_p
     by_worker = {k: sum(int(r["index"]) % 2 == k for r in rows) for k in (0, 1)}
     assert by_worker[0] == 21 and by_worker[1] == 20
     # closed loop: throughput = users / E2E
-    assert step["requests_per_s"] == pytest.approx(5 / step["latency_s"]["e2e"]["mean"], rel=0.25)
+    assert step["requests_per_s"] == pytest.approx(5 / step["latency_s"]["e2e"]["mean"], rel=0.35)
