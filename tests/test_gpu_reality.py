@@ -1,14 +1,13 @@
-"""perf/gpu_reality.py's pure parts: GPU -> profile, model.json -> vLLM's command line, the table.
-
-The table is checked on the run recorded on the lent H100 (perf/results/gpu-reality-h100.json).
-The whole flow (build, Triton, vLLM, sweeps) runs on CPU with `--model tiny-llama --gpu cpu`.
-"""
+"""perf/gpu_reality.py, now a thin use of `tritonkit compare`: GPU -> profile, and the run recorded on
+the lent H100 (perf/results/gpu-reality-h100.json, by the earlier standalone script) re-reported
+through compare's table."""
 
 from __future__ import annotations
 
-import copy
 import importlib.util
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -35,55 +34,30 @@ def test_gpu_name_to_profile(gr, name, mib, profile):
     assert gr.profile_for({"name": name, "memory_mib": mib}) == profile
 
 
-def test_engine_args_become_the_openai_servers_flags(gr):
-    args = {"model": "/m", "disable_log_stats": False, "dtype": "bfloat16", "tensor_parallel_size": 1,
-            "max_model_len": 4096, "max_num_seqs": 256, "gpu_memory_utilization": 0.9, "enable_lora": True}
-    cmd = gr.engine_cli(args, "llama2-7b", 8123)
-    assert cmd[1:3] == ["-m", "vllm.entrypoints.openai.api_server"]
-    flat = " ".join(cmd[3:])
-    assert "--served-model-name llama2-7b" in flat and "--port 8123" in flat
-    assert "--model /m --dtype bfloat16 --tensor-parallel-size 1 --max-model-len 4096 --max-num-seqs 256 " \
-           "--gpu-memory-utilization 0.9 --enable-lora" in flat
-    assert "disable-log-stats" not in flat  # False: the server's default (stats logged)
+def test_recorded_h100_run_re_reported_by_compare(gr, tmp_path):
+    out = gr.import_state(json.loads(RECORDED.read_text()), tmp_path / "h100")
+    p = subprocess.run([sys.executable, "-m", "tritonkit", "compare", "--out", str(out), "--report-only"],
+                       capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    text = p.stdout
+    # Every step met p90 < 1 s: the maxima are lower bounds, and no ratio is made of two of them.
+    row = next(line for line in text.splitlines() if line.startswith("| max req/s"))
+    assert ">= 357.7" in row and ">= 317.7" in row and "n/a (lower bound)" in row
+    p90 = next(line for line in text.splitlines() if line.startswith("| p90 e2e at 20 req/s"))
+    assert "0.046" in p90 and "0.045" in p90
+    # The seed measured no H100: no published rows, and the table says why.
+    assert "seed, published" not in text and "no numbers on GPU profile h100" in text
+    # That run did not pin the engine arguments: the notes say so.
+    assert "engines STILL DIFFERED in: scheduler_config.max_num_batched_tokens" in text and "max_num_batched_tokens" in text
+    assert (out / "compare.md").is_file() and (out / "compare.png").stat().st_size > 0
 
 
-def test_recorded_h100_table(gr):
-    state = json.loads(RECORDED.read_text())
-    assert state["gpu"]["name"].startswith("NVIDIA H100") and state["versions"]["vllm"] == "0.25.0"
-    assert state["build"]["model"]["random_weights"] is True
-    for server in ("triton", "vllm"):
-        state["headline"][server] = gr.headline(state[server], state["price_per_hour"], state["rates"],
-                                                state["concurrency"])
-    t, v = state["headline"]["triton"], state["headline"]["vllm"]
-    # Every step met p90 < 1 s: the maxima are lower bounds, and the table says so.
-    assert t["max_is_lower_bound"] and v["max_is_lower_bound"]
-    assert t["failed_requests"] == v["failed_requests"] == 0
-    assert t["mean_input_tokens"] == 100 and t["mean_output_tokens"] == 6
-    text = gr.table(state)
-    assert ">= 357.7" in text and ">= 317.7" in text
-    row = next(line for line in text.splitlines() if line.startswith("| max RPS"))
-    assert row.split("|")[-2].strip() == ""  # no ratio of two lower bounds (reached at different loads)
-    assert "| p90 e2e at 20 RPS (s)" in text and "0.046" in text and "0.045" in text
-    assert "seed (10-minute runs)" in text and "0.742" in text and "0.283" in text
-    # Seed formula: $/h / (req/s × 3600 × tokens) × 1000 at concurrency 128 (357.7 req/s, 106 tokens).
-    rps = t["rps_at_top_concurrency"]
-    assert t["cost_per_1k_tokens_at_top_concurrency"] == pytest.approx(11.061 / (rps * 3600 * 106) * 1000)
-
-
-def test_a_found_boundary_gives_a_ratio(gr):
-    state = json.loads(RECORDED.read_text())
-    for server in ("triton", "vllm"):  # pretend the top step missed the SLO
-        state[server] = copy.deepcopy(state[server])
-        top = state[server]["concurrency"]["steps"][-1]
-        top["latency_s"]["e2e"]["p90"] = 1.5
-        state["headline"][server] = gr.headline(state[server], state["price_per_hour"], state["rates"],
-                                                state["concurrency"])
-    assert not state["headline"]["triton"]["max_is_lower_bound"]
-    row = next(line for line in gr.table(state).splitlines() if line.startswith("| max RPS"))
-    cells = [c.strip() for c in row.split("|")[1:-1]]
-    assert cells[1] == "318.2" and cells[2] == "317.7" and cells[3] == "1.00"
-
-
-def test_cli_rejects_unknown_phases(gr, tmp_path):
-    with pytest.raises(SystemExit, match="2"):
-        gr.main(["--phase", "nope", "--out", str(tmp_path)])
+def test_recorded_run_capacity_plan(gr, tmp_path):
+    out = gr.import_state(json.loads(RECORDED.read_text()), tmp_path / "h100")
+    p = subprocess.run([sys.executable, "-m", "tritonkit", "plan-capacity", str(out), "--target-rps", "2000"],
+                       capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    # 2000 / 357.7 -> at most 6 H100s for Triton at $11.061/h: 6 × 11.061 × 730 = $48,447 a month.
+    line = next(x for x in p.stdout.splitlines() if x.startswith("| Triton + vLLM (local)"))
+    assert "<= 6" in line and "48,447" in line
+    assert (out / "capacity.md").is_file()

@@ -41,9 +41,9 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from tritonkit.commands import build, generate, image, perf, serve
+    from tritonkit.commands import build, compare, generate, image, perf, serve
 
-    for module in (build, serve, generate, perf, image):
+    for module in (build, serve, generate, perf, image, compare):
         for command in module.COMMANDS:
             # The listing shows the docstring's whole first line (click would cut it at ~45 characters).
             command.short_help = command.short_help or (command.help or "").strip().split("\n\n")[0].replace("\n", " ")

@@ -55,6 +55,7 @@ class VllmServer(Server):
         self.pid: int | None = None
         self.log_file = server_dir(spec.name) / "server.log"
         self.pinning = None  # tritonkit.compare.pinning.Pinning, once started
+        self.command_line: list[str] = []
 
     @classmethod
     def attach(cls, record) -> VllmServer:
@@ -100,7 +101,7 @@ class VllmServer(Server):
             raise ServerError(f"model repository {self.spec.repository} does not exist",
                               "run `tritonkit build` first, or pass --repository")
         check_ports_free(self.spec)
-        cmd = self.command()
+        cmd = self.command_line = self.command()
         for line in self.pinning.describe():
             self.options.say(f"vllm: {line}")
         self.log_file.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,370 @@
+"""`tritonkit compare`: delivery methods side by side on one build.
+
+Unit tests (no server): the table, ratios to the baseline, the seed rows, resume and re-report,
+capacity arithmetic, the Ray Serve config of a plan, and the engine-argument pinning (its pure
+parts here; vLLM's own resolution in a child process under an emulated H100's defaults). The
+slow test serves the tiny model by each method in turn for a few seconds of load each.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from tritonkit import buildrecord
+from tritonkit.compare import capacity, methods, pinning, results, seed, table
+from tritonkit.compare import run as run_mod
+from tritonkit.errors import UsageError
+
+TRITONKIT = [sys.executable, "-m", "tritonkit"]
+
+
+def step(kind: str, value: float, rps: float, p90: float, failed: int = 0, client_limited: bool = False,
+         ttft: float = 0.02) -> dict:
+    lat = {"e2e": {"p50": p90 * 0.9, "p90": p90, "p99": p90 * 1.2}, "ttft": {"p50": ttft, "p90": ttft * 2},
+           "itl": {}, "tpot": {}}
+    return {"kind": kind, "label": f"{value:g} {'req/s' if kind == 'rate' else 'users'}", "value": value,
+            "ok": 100, "failed": failed, "requests_per_s": rps, "output_tokens_per_s": rps * 6,
+            "mean_input_tokens": 100.0, "mean_output_tokens": 6.0, "latency_s": lat,
+            "client_limited": client_limited}
+
+
+def method_run(method: str, n: int, rate_steps: list[dict], conc_steps: list[dict] = (), status="ok",
+               ready_s=30.0) -> results.MethodRun:
+    sweeps = {"rate": {"status": "ok", "steps": rate_steps}}
+    if conc_steps:
+        sweeps["concurrency"] = {"status": "ok", "steps": list(conc_steps)}
+    return results.MethodRun(method, n, status, ready_s=ready_s, sweeps=sweeps)
+
+
+def make_setup(**over) -> results.Setup:
+    base = dict(model="llama2-7b", repository="/nowhere", methods=["triton-local", "vllm"], baseline="triton-local",
+                repeat=1, preset="classification", rates="10,20,40,80", concurrency=None, slo="e2e:p90<=1s",
+                window_s=3, max_step_s=12, warmup_s=2, duration_s=None, price_per_hour=1.624,
+                price_source="GPU profile a10", gpu_profile="a10", random_weights=True,
+                engine_args={"model": "/m", "max_num_seqs": 256},
+                pinning={"pinned": {"model": "/m", "max_num_seqs": 256, "max_num_batched_tokens": 2048},
+                         "pins": {"max_num_batched_tokens": {"triton": 2048, "openai": 8192, "ray": 8192}},
+                         "residual": {}})
+    base.update(over)
+    return results.Setup(**base)
+
+
+TRITON = [step("rate", 10, 10.0, 0.05), step("rate", 20, 20.0, 0.06), step("rate", 40, 40.0, 0.08),
+          step("rate", 80, 78.0, 1.5)]
+VLLM = [step("rate", 10, 10.0, 0.04), step("rate", 20, 20.0, 0.05), step("rate", 40, 39.0, 0.9, client_limited=True),
+        step("rate", 80, 60.0, 2.0)]
+
+
+# ---------------------------------------------------------------- methods
+
+def test_methods_parse_in_order_with_alias():
+    assert [m.name for m in methods.parse("vllm, triton ,ray")] == ["vllm", "triton-local", "ray"]
+    with pytest.raises(UsageError, match="unknown delivery method 'tgi'"):
+        methods.parse("vllm,tgi")
+    with pytest.raises(UsageError, match="named twice"):
+        methods.parse("vllm,vllm")
+    with pytest.raises(UsageError, match="not among the methods"):
+        methods.baseline("ray", methods.parse("vllm"))
+    assert methods.baseline(None, methods.parse("vllm,triton-local")).name == "vllm"
+    m = methods.METHODS["triton-docker"]
+    assert m.url("h", 1, 2) == "h:2" and methods.METHODS["vllm"].url("h", 1, 2) == "http://h:1"
+
+
+# ---------------------------------------------------------------- table
+
+def test_headline_takes_the_highest_step_meeting_the_slo():
+    h = table.headline(method_run("triton-local", 1, TRITON), table.bounds_of("e2e:p90<=1s"), 1.624)
+    assert h.max_rps == 40.0 and h.best_step == "rate 40 req/s" and not h.lower_bound
+    assert h.p90_e2e_at_rate == {10.0: 0.05, 20.0: 0.06, 40.0: 0.08}
+    assert h.cost_per_1k_at_best == pytest.approx(1.624 / (40.0 * 3600 * 106) * 1000)
+    # A failed request disqualifies a step; a stricter SLO moves the maximum down.
+    failing = [*TRITON[:2], {**TRITON[2], "failed": 1}]
+    assert table.headline(method_run("t", 1, failing), table.bounds_of(None), None).max_rps == 20.0
+    assert table.headline(method_run("t", 1, TRITON), table.bounds_of("e2e:p90<=55ms"), None).max_rps == 10.0
+
+
+def test_table_ratios_seed_rows_and_client_limited_steps():
+    setup = make_setup()
+    runs = {"triton-local": [method_run("triton-local", 1, TRITON)], "vllm": [method_run("vllm", 1, VLLM)]}
+    sums = [table.summarize(m, runs[m], setup) for m in setup.methods]
+    text = table.report(setup, sums)
+    lines = text.splitlines()
+    assert lines[0].split("|")[1:-1][-1].strip() == "vllm / triton-local"
+    row = next(line for line in lines if line.startswith("| max req/s at e2e p90 <= 1 s"))
+    cells = [c.strip() for c in row.split("|")[1:-1]]
+    assert cells[1:] == ["40.0", "39.0", "0.97"]
+    p90 = [c.strip() for c in next(line for line in lines if line.startswith("| p90 e2e at 10 req/s")).split("|")[1:-1]]
+    assert p90[1:] == ["0.050", "0.040", "0.80"]
+    # The seed published llama_7b on an A10G at 10 req/s for both servers: its row stands beneath.
+    published = lines[lines.index(next(line for line in lines if line.startswith("| p90 e2e at 10 req/s"))) + 1]
+    assert "seed, published" in published and "0.742" in published and "0.997" in published
+    assert "| client-limited steps" in text and "vllm: client-limited" in text and "run 1: rate 40 req/s" in text
+    assert "pinned, as vLLM defaults them by entry point: max_num_batched_tokens" in text
+    assert "seed rows: llama_7b on A10G" in text
+
+
+def test_lower_bounds_give_no_max_ratio_and_other_gpus_no_seed_rows():
+    setup = make_setup(gpu_profile="h100")
+    never_missed = [method_run("triton-local", 1, TRITON[:3]), method_run("vllm", 1, VLLM[:2])]
+    sums = [table.summarize(r.method, [r], setup) for r in never_missed]
+    text = table.report(setup, sums)
+    row = next(line for line in text.splitlines() if line.startswith("| max req/s"))
+    assert ">= 40.0" in row and ">= 20.0" in row and "n/a (lower bound)" in row
+    assert "seed, published" not in text and "no numbers on GPU profile h100" in text
+
+
+def test_repeated_runs_are_averaged_and_their_spread_checked():
+    setup = make_setup(repeat=2)
+    slower = [replace_rps(s, 0.8) for s in TRITON]
+    s = table.summarize("triton-local", [method_run("triton-local", 1, TRITON),
+                                         method_run("triton-local", 2, slower)], setup)
+    assert s.mean.max_rps == pytest.approx(36.0) and s.spread == pytest.approx(8 / 36) and s.agree is False
+    assert "more than 10%" in "\n".join(table.notes(setup, [s]))
+    close = table.summarize("vllm", [method_run("vllm", 1, VLLM), method_run("vllm", 2, VLLM),
+                                     method_run("vllm", 3, [], status="failed")], setup)
+    assert close.spread == 0 and close.agree is True and close.failed_runs == ["run 3: failed: "]
+
+
+def replace_rps(s: dict, factor: float) -> dict:
+    return {**s, "requests_per_s": s["requests_per_s"] * factor}
+
+
+def test_seed_rows_match_model_and_gpu():
+    assert {r.server for r in seed.rows_for("llama2-7b", "a10")} == {"tgi", "vllm", "triton_vllm"}
+    assert [r.p90_s for r in seed.rows_for("llama2-7b", "a100-40gb") if r.server == "vllm"] == [0.283]
+    assert seed.rows_for("llama2-7b", "h100") == [] and seed.rows_for("tiny-llama", "a10") == []
+
+
+# ---------------------------------------------------------------- capacity
+
+def test_replicas_and_monthly_cost(tmp_path):
+    assert capacity.replicas_for(2000, 400) == 5
+    assert capacity.replicas_for(2000, 399) == 6
+    assert capacity.replicas_for(2000, 400, headroom=0.2) == 7  # 2000 / 320 = 6.25
+    assert capacity.replicas_for(10, 400) == 1
+    with pytest.raises(UsageError, match="--headroom"):
+        capacity.replicas_for(10, 1, headroom=1.0)
+    setup = make_setup(repeat=2)
+    results.save_setup(tmp_path, setup)
+    for r in (method_run("triton-local", 1, TRITON), method_run("triton-local", 2, [replace_rps(s, 0.9) for s in TRITON]),
+              method_run("vllm", 1, VLLM[:2])):
+        results.save_run(tmp_path, r)
+    rows = capacity.plan([tmp_path], 2000, None)
+    t, v = rows
+    assert t.replica_rps == pytest.approx(36.0) and t.replicas == 56 and not t.lower_bound  # the slower run counts
+    assert t.monthly_usd == pytest.approx(56 * 1.624 * 730)
+    assert v.lower_bound and v.replicas == 100  # at most: the sweep never reached vLLM's limit
+    text = capacity.render(rows, 2000, "e2e:p90<=1s", 0.0)
+    assert "<= 100" in text and ">= 20.0" in text and f"{56 * 1.624 * 730:,.0f}" in text
+    # A stricter SLO is recomputed from the stored step percentiles.
+    assert capacity.plan([tmp_path], 2000, "e2e:p90<=55ms")[0].replica_rps == pytest.approx(9.0)
+
+
+@pytest.fixture
+def ray_config():
+    return pytest.importorskip("tritonkit.runtime.ray_config", reason="the Ray runtime (branch ray) has not landed")
+
+
+def test_capacity_writes_a_ray_serve_config(ray_config, tmp_path, tiny_model):
+    repo = tmp_path / "repo"
+    subprocess.run([*TRITONKIT, "build", str(tiny_model), "--gpu", "cpu", "--name", "tiny", "-o", str(repo)],
+                   check=True, capture_output=True, timeout=300)
+    out = tmp_path / "out"
+    results.save_setup(out, make_setup(model="tiny", repository=str(repo), methods=["vllm"], gpu_profile="cpu",
+                                       pinning={"pinned": {**buildrecord.engine_args(repo / "tiny"),
+                                                           "max_num_batched_tokens": 2048}}))
+    results.save_run(out, method_run("vllm", 1, TRITON))
+    rows = capacity.plan([out], 100, None)
+    files, notes = capacity.write_serve_configs(rows, out)
+    assert notes == [] and [f.name for f in files] == ["serve-config-cpu.yaml"]
+    import yaml
+
+    config = yaml.safe_load(files[0].read_text())
+    llm = config["applications"][0]["args"]["llm_configs"][0]
+    assert llm["deployment_config"]["num_replicas"] == 3  # 100 / 40
+    assert llm["engine_kwargs"]["max_num_batched_tokens"] == 2048  # the pinned arguments
+    assert ray_config.IMPORT_PATH == config["applications"][0]["import_path"]
+
+
+# ---------------------------------------------------------------- results, resume, re-report
+
+@pytest.fixture
+def fake_build(tmp_path, monkeypatch):
+    """A repository with one build.json (nothing servable), and no vLLM: pinning is stubbed."""
+    repo = tmp_path / "repo"
+    (repo / "m").mkdir(parents=True)
+    buildrecord.save(repo / "m", buildrecord.BuildRecord(
+        model_name="m", model=buildrecord.ModelInfo(name="llama2-7b", source="/m"),
+        gpu=buildrecord.GpuInfo(profile="a10", price_per_hour=1.624, instance="g5"), engine_args={"model": "/m"}))
+    monkeypatch.setattr(pinning, "resolve", lambda args, env=None: pinning.Pinning(args, {**args, "x": 1}))
+    started = []
+
+    def fake_measure(method, n, setup, build, opts, out, say):
+        started.append((method.name, n))
+        run = method_run(method.name, n, TRITON if method.name == "triton-local" else VLLM)
+        results.save_run(out, run)
+        return run
+
+    monkeypatch.setattr(run_mod, "measure", fake_measure)
+    return repo, started
+
+
+def test_resume_runs_only_what_is_missing_and_report_only_starts_nothing(fake_build, tmp_path):
+    repo, started = fake_build
+    out = tmp_path / "out"
+    opts = run_mod.CompareOptions(repository=str(repo), methods="triton-local,vllm", rates="10,20,40,80", out=str(out),
+                                  repeat=2)
+    outcome = run_mod.run(opts, say=lambda m: None)
+    assert started == [("triton-local", 1), ("vllm", 1), ("triton-local", 2), ("vllm", 2)]
+    assert (out / "compare.md").is_file() and (out / "compare.png").stat().st_size > 0
+    assert outcome.setup.pinning["pinned"] == {"model": "/m", "x": 1} and outcome.setup.gpu_profile == "a10"
+    with pytest.raises(UsageError, match="already holds a comparison"):
+        run_mod.run(opts, say=lambda m: None)
+    # A failed run is redone on --resume; completed ones are kept.
+    results.save_run(out, method_run("vllm", 2, [], status="failed"))
+    started.clear()
+    run_mod.run(replace(opts, resume=True), say=lambda m: None)
+    assert started == [("vllm", 2)]
+    with pytest.raises(UsageError, match="has rates='10,20,40,80'"):
+        run_mod.run(replace(opts, resume=True, rates="1,2"), say=lambda m: None)
+    started.clear()
+    again = run_mod.run(replace(opts, report_only=True), say=lambda m: None)
+    assert started == [] and again.report == outcome.report
+    with pytest.raises(UsageError, match="holds no comparison"):
+        run_mod.run(replace(opts, report_only=True, out=str(tmp_path / "empty")), say=lambda m: None)
+
+
+def test_bad_options_fail_before_anything_starts(fake_build, tmp_path):
+    repo, started = fake_build
+    opts = run_mod.CompareOptions(repository=str(repo), out=str(tmp_path / "o"))
+    with pytest.raises(UsageError, match="--baseline 'ray'"):
+        run_mod.run(replace(opts, baseline="ray"), say=lambda m: None)
+    with pytest.raises(UsageError, match="cannot read SLO"):
+        run_mod.run(replace(opts, slo="p90 < 1"), say=lambda m: None)
+    with pytest.raises(UsageError, match="--repeat"):
+        run_mod.run(replace(opts, repeat=0), say=lambda m: None)
+    assert started == []
+
+
+# ---------------------------------------------------------------- pinning
+
+def test_pinning_differences_and_openai_flags():
+    import argparse
+
+    configs = {"triton": {"scheduler_config.max_num_batched_tokens": 2048, "parallel_config.instance_id": "a", "x": 1},
+               "openai": {"scheduler_config.max_num_batched_tokens": 8192, "parallel_config.instance_id": "b", "x": 1},
+               "ray": {"scheduler_config.max_num_batched_tokens": 8192, "parallel_config.instance_id": "c", "x": 1}}
+    assert pinning.differences(configs) == {"scheduler_config.max_num_batched_tokens":
+                                            {"triton": 2048, "openai": 8192, "ray": 8192}}
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--max-num-seqs", type=int)
+    parser.add_argument("--enable-lora", action=argparse.BooleanOptionalAction)
+    parser.add_argument("--disable-log-stats", action="store_true")
+    parser.add_argument("--compilation-config", "-cc")
+    argv = pinning.openai_argv({"max_num_seqs": 8, "enable_lora": False, "disable_log_stats": False,
+                                "compilation_config": {"level": 0}}, parser)
+    assert argv == ["--max-num-seqs", "8", "--no-enable-lora", "--compilation-config", '{"level": 0}']
+    with pytest.raises(ValueError, match="no flag for engine argument 'bogus'"):
+        pinning.openai_argv({"bogus": 1}, parser)
+
+
+@pytest.mark.slow
+def test_vllm_pins_what_its_openai_server_defaults_differently(tiny_model):
+    """Real vLLM, in a child, with an H100's batch defaults (8192 tokens for the OpenAI server,
+    2048 inside Triton's engine): the pinning finds max_num_batched_tokens (and max_num_seqs when
+    model.json leaves it unset), and the pinned arguments resolve identically everywhere."""
+    code = f"""
+import json
+from vllm.engine.arg_utils import EngineArgs
+from vllm.usage.usage_lib import UsageContext as U
+EngineArgs.get_batch_defaults = classmethod(lambda cls, ws: (
+    {{U.LLM_CLASS: 16384, U.OPENAI_API_SERVER: 8192}}, {{U.LLM_CLASS: 1024, U.OPENAI_API_SERVER: 1024}}))
+from tritonkit.compare.pinning import pin
+p = pin({{"model": {str(tiny_model)!r}, "dtype": "float32", "max_model_len": 512}})
+print("RESULT " + json.dumps(p.to_json(), default=str))
+"""
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
+    line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
+    assert line, proc.stderr[-3000:]
+    p = pinning.Pinning.from_json(json.loads(line[7:]))
+    assert p.pins["max_num_batched_tokens"] == {"triton": 2048, "openai": 8192, "ray": 8192}
+    assert p.pins["max_num_seqs"] == {"triton": 128, "openai": 1024, "ray": 1024}
+    assert p.pinned["max_num_batched_tokens"] == 2048 and p.pinned["max_num_seqs"] == 128
+    assert p.identical and "--max-num-batched-tokens" in p.openai_argv
+    assert "pinned max_num_batched_tokens=2048" in "\n".join(p.describe())
+
+
+# ---------------------------------------------------------------- the real thing, on the tiny model
+
+def _live_processes(marker: str) -> list[str]:
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if marker in cmdline and stat != "Z":
+            found.append(cmdline)
+    return found
+
+
+@pytest.fixture(scope="module")
+def compared(tiny_model, tmp_path_factory):
+    """`tritonkit compare` on the tiny model: each method in turn, a few seconds of load each."""
+    from tritonkit.runtime.base import RUNTIMES
+
+    root = tmp_path_factory.mktemp("compare")
+    repo = root / "repo"
+    subprocess.run([*TRITONKIT, "build", str(tiny_model), "--gpu", "cpu", "--name", "tiny", "-o", str(repo)],
+                   check=True, capture_output=True, timeout=300)
+    chosen = "triton-local,vllm" + (",ray" if "ray" in RUNTIMES else "")
+    out = root / "out"
+    p = subprocess.run([*TRITONKIT, "compare", "-r", str(repo), "--methods", chosen, "--rates", "2,4",
+                        "--window", "1", "--max-step", "2", "--warmup", "0.5", "--price", "1.0", "--out", str(out),
+                        "--slo", "e2e:p90<=60s",  # a busy 2-core machine must not end the sweep early
+                        "--timeout", "400", "--target-rps", "50"],
+                       capture_output=True, text=True, timeout=1500)
+    return {"proc": p, "out": out, "repo": repo, "methods": chosen.split(",")}
+
+
+@pytest.mark.slow
+def test_compare_serves_each_method_in_turn_and_writes_the_table(compared):
+    p, out = compared["proc"], compared["out"]
+    assert p.returncode == 0, p.stderr[-3000:]
+    lines = p.stdout.splitlines()
+    assert lines[0].startswith("| metric") and "Triton + vLLM (local)" in lines[0] and "standalone vLLM" in lines[0]
+    assert "vllm / triton-local" in lines[0]
+    row = next(x for x in lines if x.startswith("| max req/s at e2e p90 <= 60 s"))
+    cells = [c.strip() for c in row.split("|")[2:2 + len(compared["methods"])]]
+    assert all(c.removeprefix(">= ").replace(".", "").isdigit() for c in cells), row
+    assert "after pinning: identical engine configuration" in p.stderr
+    for method in compared["methods"]:
+        run = json.loads((out / "runs" / f"{method}-1.json").read_text())
+        assert run["status"] == "ok", run["message"]
+        steps = run["sweeps"]["rate"]["steps"]
+        assert [s["value"] for s in steps] == [2.0, 4.0] and all(s["ok"] > 0 and s["failed"] == 0 for s in steps)
+        assert all(s["mean_output_tokens"] == 6 for s in steps)  # the preset's exact output length, every method
+        assert (out / "logs" / f"{method}-1.log").stat().st_size > 0
+    assert (out / "compare.png").stat().st_size > 0 and "capacity for 50 req/s" in p.stdout
+    setup = json.loads((out / "compare.json").read_text())
+    assert setup["pinning"]["residual"] == {} and setup["methods"] == compared["methods"]
+    # Every server was stopped: no process names the repository, no server record is left.
+    assert _live_processes(str(compared["repo"])) == []
+    assert "compare-" not in subprocess.run([*TRITONKIT, "status"], capture_output=True, text=True).stdout
+
+
+@pytest.mark.slow
+def test_compare_includes_ray_serve(compared):
+    if "ray" not in compared["methods"]:
+        pytest.skip("the Ray Serve runtime (tritonkit/runtime/ray.py, branch ray) has not landed in RUNTIMES")
+    run = json.loads((compared["out"] / "runs" / "ray-1.json").read_text())
+    assert run["status"] == "ok" and "Ray Serve + vLLM" in compared["proc"].stdout.splitlines()[0]
