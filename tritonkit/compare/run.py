@@ -96,15 +96,14 @@ def _device() -> dict:
 
 
 def make_setup(opts: CompareOptions, build: buildrecord.BuildRecord, chosen: list[Method], say: Say) -> results.Setup:
-    from tritonkit.perf import session
+    from tritonkit.perf import presets
 
     base = methods_mod.baseline(opts.baseline, chosen)
     if opts.repeat < 1:
         raise UsageError(f"--repeat must be at least 1, got {opts.repeat}")
     if not (opts.rates or opts.concurrency):
         raise UsageError("no load to compare with", "pass --rates and/or --concurrency")
-    preset = session.load_preset(opts.preset) if opts.preset else {}
-    slo = opts.slo or preset.get("slo") or table.DEFAULT_SLO
+    slo = opts.slo or (presets.load(opts.preset).slo if opts.preset else None) or table.DEFAULT_SLO
     table.bounds_of(slo)  # a bad SLO is a UsageError before anything starts
     price, source, profile = _price(opts, build)
     env = serving.runtime_env([build])
