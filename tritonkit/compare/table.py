@@ -154,7 +154,7 @@ def table(setup: Setup, summaries: list[MethodSummary]) -> str:
     for r in seed.SEED_RATES:
         row(f"p90 e2e at {r:g} req/s (s)", lambda s, r=r: s.mean.p90_e2e_at_rate.get(r), "{:.3f}")
         if any(_seed_value(rows_seed, s.method, r, "p90_s") is not None for s in summaries):
-            lines.append([f"  seed, published (s)", *(_num(_seed_value(rows_seed, s.method, r, "p90_s"), "{:.3f}")
+            lines.append(["  seed, published (s)", *(_num(_seed_value(rows_seed, s.method, r, "p90_s"), "{:.3f}")
                                                        for s in summaries), *("" for _ in others)])
     # TTFT at each method's own maximum: a ratio only where both maxima were reached at the same step.
     same = base is not None and all(s.mean.best_step == base.mean.best_step for s in others)
