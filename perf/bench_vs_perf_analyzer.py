@@ -14,6 +14,11 @@ perf_analyzer is the binary inside the tritonclient 2.41.0 wheel:
 
 Other flags: --concurrency 4,16 --seconds 10 --chunks 8 --repeat 2 --workers auto (passed to tritonkit,
 skipped when its CLI has no --workers) --instances 1 (model instances).
+
+Against a server already running (the GPU run, perf/device_generator.sh): --url HOST:GRPC_PORT --model M
+--repository REPO --preset classification: both generators get the same prompts (tritonkit's workload
+for that preset, written out as perf_analyzer's --input-data), nothing is pinned, and --starved USERS adds
+a deliberately starved tritonkit run (--workers 1 on one core) that must be flagged client-limited.
 """
 
 from __future__ import annotations
@@ -58,11 +63,11 @@ def _child_cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def run_tritonkit(url: str, users: int, seconds: float, chunks: int, cpu: int, workers: str | None,
-                  out: Path) -> dict:
-    cmd = ["taskset", "-c", str(cpu), sys.executable, "-m", "tritonkit", "perf", "-m", "ground_truth",
-           "--url", url, "--concurrency", str(users), "--duration", str(seconds), "--warmup", "1",
-           "--output-tokens", str(chunks), "--metrics-url", "none", "--json", "--out", str(out)]
+def run_tritonkit(url: str, users: int, seconds: float, workload_args: list[str], cpu: int | None,
+                  workers: str | None, out: Path) -> dict:
+    pin = ["taskset", "-c", str(cpu)] if cpu is not None else []
+    cmd = [*pin, sys.executable, "-m", "tritonkit", "perf", "--url", url, "--concurrency", str(users),
+           "--duration", str(seconds), "--warmup", "2", "--json", "--out", str(out), *workload_args]
     if workers:
         cmd += ["--workers", workers]
     cpu0 = _child_cpu()
@@ -72,19 +77,39 @@ def run_tritonkit(url: str, users: int, seconds: float, chunks: int, cpu: int, w
         raise SystemExit(f"tritonkit perf failed: {proc.stderr[-2000:]}")
     step = json.loads(proc.stdout)["steps"][0]
     return {"rps": step["requests_per_s"], "p50": step["latency_s"]["e2e"]["p50"], "ok": step["ok"],
-            "cpu_s": _child_cpu() - cpu0, "cpu_in_step_s": step.get("client_cpu_s"),
+            "p90": step["latency_s"]["e2e"]["p90"], "cpu_s": _child_cpu() - cpu0,
+            "cpu_in_step_s": step.get("client_cpu_s"), "limited": step.get("client_limited"),
             "note": step.get("client_note", "")}
 
 
-def run_pa(pa: str, url: str, users: int, seconds: float, chunks: int, cpu: int, tmp: Path) -> dict:
-    data = tmp / "pa-input.json"
-    data.write_text(json.dumps({"data": [{
-        "text_input": [PROMPT], "sampling_parameters": [json.dumps({"max_tokens": chunks, "ignore_eos": True})],
+def pa_input(path: Path, rows: list[tuple[str, dict]]) -> Path:
+    """perf_analyzer's --input-data: the same inputs tritonkit's gRPC client sends."""
+    path.write_text(json.dumps({"data": [{
+        "text_input": [prompt], "sampling_parameters": [json.dumps(sampling)],
         "stream": [True], "exclude_input_in_output": [True], "return_num_input_tokens": [True],
-        "return_num_output_tokens": [True], "return_finish_reason": [True]}]}))
+        "return_num_output_tokens": [True], "return_finish_reason": [True]} for prompt, sampling in rows]}))
+    return path
+
+
+def preset_rows(repository: str, model: str, preset: str, n: int = 500) -> list[tuple[str, dict]]:
+    """The prompts and sampling tritonkit sends for this preset (its own workload, tokenizer-exact)."""
+    from tritonkit.perf import session
+
+    plan = session.resolve(session.Options(repository=repository, model=model, preset=preset, concurrency="1"),
+                           say=lambda m: None)
+    rows = []
+    for i in range(n):
+        prompt, _, sampling = plan.workload.request(i)
+        rows.append((prompt, sampling))
+    return rows
+
+
+def run_pa(pa: str, url: str, model: str, users: int, seconds: float, data: Path, cpu: int | None,
+           tmp: Path) -> dict:
     export = tmp / f"pa-{users}.json"
     export.unlink(missing_ok=True)
-    cmd = ["taskset", "-c", str(cpu), pa, "-m", "ground_truth", "-u", url, "-i", "grpc", "--streaming",
+    pin = ["taskset", "-c", str(cpu)] if cpu is not None else []
+    cmd = [*pin, pa, "-m", model, "-u", url, "-i", "grpc", "--streaming",
            "--concurrency-range", str(users), "--measurement-interval", str(int(seconds * 1000 / 3)),
            "--input-data", str(data), "--profile-export-file", str(export), "--max-trials", "6", "--stability-percentage", "100"]
     env = {**os.environ, "LD_LIBRARY_PATH": ":".join(p for p in (os.environ.get("PA_LIB", ""),
@@ -99,8 +124,48 @@ def run_pa(pa: str, url: str, users: int, seconds: float, chunks: int, cpu: int,
             rps = float(line.split("Throughput:")[1].split()[0])
     doc = json.loads(export.read_text())
     reqs = doc["experiments"][-1]["requests"]
-    e2e = [(r["response_timestamps"][-1] - r["timestamp"]) / 1e9 for r in reqs if r.get("response_timestamps")]
-    return {"rps": rps, "p50": statistics.median(e2e), "ok": len(e2e), "cpu_s": _child_cpu() - cpu0}
+    e2e = sorted((r["response_timestamps"][-1] - r["timestamp"]) / 1e9 for r in reqs if r.get("response_timestamps"))
+    return {"rps": rps, "p50": statistics.median(e2e), "p90": e2e[int(0.9 * (len(e2e) - 1))], "ok": len(e2e),
+            "cpu_s": _child_cpu() - cpu0}
+
+
+def compare(args, pa: str, url: str, model: str, data: Path, workload_args: list[str], pa_cpu, tk_cpu,
+            tmp: Path) -> list:
+    rows = []
+    for users in [int(v) for v in args.concurrency.split(",")]:
+        tk, pas = [], []
+        for rep in range(args.repeat):
+            pas.append(run_pa(pa, url, model, users, args.seconds, data, pa_cpu, tmp))
+            tk.append(run_tritonkit(url, users, args.seconds, workload_args, tk_cpu, args.workers,
+                                    tmp / f"tk-{users}-{rep}"))
+            t, p = tk[-1], pas[-1]
+            print(f"{users:4d} users run {rep + 1}: tritonkit {t['rps']:7.1f} req/s p50 {t['p50'] * 1000:7.2f} ms | "
+                  f"perf_analyzer {p['rps']:7.1f} req/s p50 {p['p50'] * 1000:7.2f} ms | "
+                  f"ratio {t['rps'] / p['rps']:.2f}x rps, {t['p50'] / p['p50']:.2f}x p50 | {t['note']}", flush=True)
+        rows.append((users, tk, pas))
+    return rows
+
+
+def table(rows: list, where: str) -> None:
+    print()
+    print("| users | tritonkit req/s | perf_analyzer req/s | ratio | tritonkit p50 ms | perf_analyzer p50 ms | ratio |")
+    print("|---|---|---|---|---|---|---|")
+    for users, tk, pa in rows:
+        t_rps, p_rps = statistics.median(r["rps"] for r in tk), statistics.median(r["rps"] for r in pa)
+        t_p50, p_p50 = statistics.median(r["p50"] for r in tk), statistics.median(r["p50"] for r in pa)
+        print(f"| {users} | {t_rps:.1f} | {p_rps:.1f} | {t_rps / p_rps:.2f}x | {t_p50 * 1000:.2f} | "
+              f"{p_p50 * 1000:.2f} | {t_p50 / p_p50:.2f}x |")
+    print(where)
+
+
+def _pa_libs() -> None:
+    install = find_triton()
+    if install and "PA_LIB" not in os.environ:  # perf_analyzer wants libcudart.so.12: the runtime has one
+        libs = Path(tempfile.mkdtemp(prefix="pa-lib-"))
+        for lib in install.lib_dir.glob("libcudart*.so.12*"):
+            (libs / "libcudart.so.12").symlink_to(lib)
+            break
+        os.environ["PA_LIB"] = str(libs)
 
 
 def main() -> None:
@@ -112,50 +177,44 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--workers", default=None, help="tritonkit --workers (default: its own default)")
     ap.add_argument("--instances", type=int, default=1)
+    ap.add_argument("--url", default=None, help="a running Triton's gRPC address (else a ground-truth server is started)")
+    ap.add_argument("--model", default="ground_truth")
+    ap.add_argument("--repository", default=None)
+    ap.add_argument("--preset", default="classification")
+    ap.add_argument("--starved", type=int, default=0, help="users of a starved run (--workers 1, one core)")
     args = ap.parse_args()
-    install = find_triton()
-    if install and "PA_LIB" not in os.environ:  # perf_analyzer wants libcudart.so.12: the runtime has one
-        libs = Path(tempfile.mkdtemp(prefix="pa-lib-"))
-        for lib in install.lib_dir.glob("libcudart*.so.12*"):
-            (libs / "libcudart.so.12").symlink_to(lib)
-            break
-        os.environ["PA_LIB"] = str(libs)
-    cpus = sorted(os.sched_getaffinity(0))
-    if len(cpus) < 2:
-        raise SystemExit("needs 2 CPUs: one for Triton, one for the generators")
-    server_cpu, client_cpu = cpus[0], cpus[1]
+    _pa_libs()
     with tempfile.TemporaryDirectory(prefix="tk-vs-pa-") as tmpdir:
         tmp = Path(tmpdir)
+        if args.url:
+            data = pa_input(tmp / "pa-input.json", preset_rows(args.repository, args.model, args.preset))
+            workload_args = ["-m", args.model, "-r", args.repository, "--preset", args.preset]
+            rows = compare(args, args.pa, args.url, args.model, data, workload_args, None, None, tmp)
+            table(rows, f"(median of {args.repeat} runs each; {args.seconds:g} s per run; same server, prompts "
+                        f"and sampling; closed loop, gRPC streaming)")
+            if args.starved:
+                last = sorted(os.sched_getaffinity(0))[-1]
+                args.workers = "1"
+                t = run_tritonkit(args.url, args.starved, args.seconds, workload_args, last, "1", tmp / "starved")
+                print(f"\nstarved run (--workers 1 pinned to CPU {last}, {args.starved} users): {t['rps']:.1f} req/s, "
+                      f"p50 {t['p50'] * 1000:.1f} ms; flagged client-limited: {t['limited']}\n  {t['note']}")
+            return
+        cpus = sorted(os.sched_getaffinity(0))
+        if len(cpus) < 2:
+            raise SystemExit("needs 2 CPUs: one for Triton, one for the generators")
+        server_cpu, client_cpu = cpus[0], cpus[1]
         repo = fast_repo(tmp / "repo", args.instances)
         spec = ServerSpec(repository=repo, name=f"vspa{os.getpid()}", http_port=free_port(),
                           grpc_port=free_port(), metrics_port=free_port())
-        rows = []
+        data = pa_input(tmp / "pa-input.json", [(PROMPT, {"max_tokens": args.chunks, "ignore_eos": True})])
+        workload_args = ["-m", "ground_truth", "--output-tokens", str(args.chunks), "--metrics-url", "none"]
         with LocalServer(spec) as server:
             pin_group(server.pid, {server_cpu})
             server.wait_ready(["ground_truth"], 120)
             pin_group(server.pid, {server_cpu})
-            for users in [int(v) for v in args.concurrency.split(",")]:
-                tk, pa = [], []
-                for rep in range(args.repeat):
-                    pa.append(run_pa(args.pa, spec.grpc_url, users, args.seconds, args.chunks, client_cpu, tmp))
-                    tk.append(run_tritonkit(spec.grpc_url, users, args.seconds, args.chunks, client_cpu,
-                                            args.workers, tmp / f"tk-{users}-{rep}"))
-                    t, p = tk[-1], pa[-1]
-                    print(f"{users:4d} users run {rep + 1}: tritonkit {t['rps']:7.1f} req/s p50 {t['p50'] * 1000:6.2f} ms | "
-                          f"perf_analyzer {p['rps']:7.1f} req/s p50 {p['p50'] * 1000:6.2f} ms | "
-                          f"ratio {t['rps'] / p['rps']:.2f}x rps, {t['p50'] / p['p50']:.2f}x p50 | "
-                          f"tritonkit CPU in step {t['cpu_in_step_s'] or 0:.2f} s | {t['note']}", flush=True)
-                rows.append((users, tk, pa))
-    print()
-    print(f"| users | tritonkit req/s | perf_analyzer req/s | ratio | tritonkit p50 ms | perf_analyzer p50 ms | ratio |")
-    print("|---|---|---|---|---|---|---|")
-    for users, tk, pa in rows:
-        t_rps, p_rps = statistics.median(r["rps"] for r in tk), statistics.median(r["rps"] for r in pa)
-        t_p50, p_p50 = statistics.median(r["p50"] for r in tk), statistics.median(r["p50"] for r in pa)
-        print(f"| {users} | {t_rps:.1f} | {p_rps:.1f} | {t_rps / p_rps:.2f}x | {t_p50 * 1000:.2f} | "
-              f"{p_p50 * 1000:.2f} | {t_p50 / p_p50:.2f}x |")
-    print(f"(median of {args.repeat} runs each; Triton on CPU {server_cpu}, generators on CPU {client_cpu}; "
-          f"{args.chunks} chunks per request at once; {args.seconds:g} s per run)")
+            rows = compare(args, args.pa, spec.grpc_url, "ground_truth", data, workload_args, client_cpu, client_cpu, tmp)
+    table(rows, f"(median of {args.repeat} runs each; Triton on CPU {server_cpu}, generators on CPU {client_cpu}; "
+                f"{args.chunks} chunks per request at once; {args.seconds:g} s per run)")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,60 @@
+#!/bin/bash
+# tritonkit perf vs perf_analyzer 2.41 on the GPU host: one Triton server (llama2-7b random weights,
+# vLLM backend, built by perf/device_run.sh p2), loaded in turn by both generators, closed loop,
+# classification preset (same prompts and sampling for both), 128 and 256 users; then a starved
+# tritonkit run (--workers 1 pinned to one core, 512 users) that must be flagged client-limited.
+# Prints one table (perf/bench_vs_perf_analyzer.py --url mode).
+#
+# Here, once (network): bash perf/device_generator.sh prepare   # -> .whl/pa (perf_analyzer + libb64, ~18 MiB)
+# On the device, on the warm machine after `device_run.sh p1` and `p2` (vLLM installed, model built):
+#   run: bash perf/device_generator.sh run     carry: [".whl/pa", ".whl/p3"]   (p3: the pytriton wheel)
+# Output: $OUT/device_generator.log (the table at its end).
+set -u
+STEP=${1:-run}
+cd "$(dirname "$0")/.."
+if [ "$STEP" = prepare ]; then
+  set -e
+  T=$(mktemp -d)
+  pip download --no-deps tritonclient==2.41.0 -d "$T" -q
+  (cd "$T" && unzip -q tritonclient-2.41.0-*.whl)
+  mkdir -p .whl/pa
+  cp "$T"/tritonclient-2.41.0.data/data/bin/perf_analyzer .whl/pa/
+  (cd "$T" && apt-get download libb64-0d >/dev/null 2>&1 && dpkg -x libb64-0d_*.deb deb) \
+    && cp "$T"/deb/usr/lib/x86_64-linux-gnu/libb64.so.0d .whl/pa/ \
+    || cp /usr/lib/x86_64-linux-gnu/libb64.so.0d .whl/pa/
+  git check-ignore -q .whl/pa || echo '/.whl/' >> "$(git rev-parse --git-path info/exclude)"
+  du -sh .whl/pa; exit 0
+fi
+STASH=/root/stash
+WORK=/root/gpu-reality
+OUT=${OUT:-/tmp/device-generator-out}
+MODEL=${MODEL:-llama2-7b}
+mkdir -p "$OUT" "$STASH"
+PY=$(command -v python3)
+export TRITONKIT_HOME=/root/tritonkit-home HF_HUB_OFFLINE=1 VLLM_NO_USAGE_STATS=1 DO_NOT_TRACK=1
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 VLLM_USE_FLASHINFER_SAMPLER=0
+exec > >(tee -a "$OUT/device_generator.log") 2>&1
+T0=$(date +%s)
+echo "== device_generator on $(hostname) at $(date -u +%FT%TZ); $(nproc) cores"
+[ -d .whl/p3/triton ] && cp -r .whl/p3/. "$STASH"/
+"$PY" -m tritonkit runtime --from-wheel "$STASH"/triton | tail -2
+PA=$PWD/.whl/pa/perf_analyzer; chmod +x "$PA"
+LIBS=$(mktemp -d); cp .whl/pa/libb64.so.0d "$LIBS"/
+CUDART=$(ls "$TRITONKIT_HOME"/runtime/triton-*/lib/libcudart*.so.12* 2>/dev/null | head -1)
+[ -n "$CUDART" ] && ln -sf "$CUDART" "$LIBS"/libcudart.so.12
+export PA_LIB=$LIBS
+LD_LIBRARY_PATH=$LIBS "$PA" --version 2>&1 | head -2 || { echo "perf_analyzer does not start"; exit 3; }
+[ -f "$WORK/repo/$MODEL/build.json" ] || { echo "no build at $WORK/repo/$MODEL: run device_run.sh p1 and p2 first"; exit 4; }
+PORTS=$("$PY" -c "from tritonkit.runtime.spec import free_port; print(free_port(), free_port(), free_port())")
+set -- $PORTS
+"$PY" -m tritonkit stop --all >/dev/null 2>&1
+"$PY" -m tritonkit serve -r "$WORK/repo" --runtime local --detach --name gen-vs-pa \
+  --http-port "$1" --grpc-port "$2" --metrics-port "$3" --timeout 300 || { echo "Triton did not start"; exit 5; }
+echo "triton ready after $(( $(date +%s) - T0 )) s"
+timeout $(( 560 - ($(date +%s) - T0) )) "$PY" perf/bench_vs_perf_analyzer.py --pa "$PA" --url "127.0.0.1:$2" \
+  --model "$MODEL" --repository "$WORK/repo" --preset classification --concurrency 128,256 \
+  --seconds "${SECONDS_PER_RUN:-15}" --repeat 1 --starved 512
+echo "bench exit $? after $(( $(date +%s) - T0 )) s"
+"$PY" -m tritonkit stop --name gen-vs-pa >/dev/null 2>&1
+cp "$TRITONKIT_HOME"/servers/gen-vs-pa/server.log "$OUT"/triton-server.log 2>/dev/null
+echo "== done in $(( $(date +%s) - T0 )) s"
