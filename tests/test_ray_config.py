@@ -125,7 +125,7 @@ def test_yaml_round_trips_with_a_header_for_cluster_users():
     config, _ = rc.serve_config([build()], rc.RayConfigOptions())
     text = rc.to_yaml(config, rc.cluster_header(config))
     assert text.startswith("# Ray Serve config written by tritonkit")
-    assert "serve deploy" in text and "local folder" in text
+    assert "serve deploy" in text and "local folder" in text and "use 0.0.0.0 on a cluster" in text
     assert yaml.safe_load(text) == config
 
 

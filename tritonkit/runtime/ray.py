@@ -344,18 +344,26 @@ class RayServer(Server):
         """SIGTERM the head (it stops its node's processes), then whatever of its session is
         left, then SIGKILL: nothing Ray or vLLM started outlives the server."""
         sid = self.head_pid
-        steps = ((signal.SIGTERM, "head", timeout_s * 0.6), (signal.SIGTERM, "session", timeout_s * 0.4),
+        started = time.monotonic()
+        # The head's own SIGTERM handling takes its node down (gcs, raylet and dashboard share its
+        # fate); workers and their vLLM engines notice later, so the session gets SIGTERM next.
+        steps = ((signal.SIGTERM, "head", min(5.0, timeout_s / 3)), (signal.SIGTERM, "session", timeout_s),
                  (signal.SIGKILL, "session", 5.0))
         for sig, whom, wait_s in steps:
             members = session_members(sid)
             if not members:
                 break
+            self._note(f"stop: {signal.Signals(sig).name} to the {whom} ({len(members)} processes) "
+                       f"at {time.monotonic() - started:.1f} s")
             _signal_all([sid] if whom == "head" and sid in members else members, sig)
             until = time.monotonic() + wait_s
             while time.monotonic() < until and session_members(sid):
                 if self.proc is not None:
                     self.proc.poll()  # reap our child: a zombie head is not alive
                 time.sleep(0.2)
+        left = session_members(sid)
+        self._note(f"stop: {len(left) or 'no'} process{'es' if len(left) != 1 else ''} left after "
+                   f"{time.monotonic() - started:.1f} s")
         if self.proc is not None:
             self.proc.poll()
         if self.temp_dir and Path(self.temp_dir).name.startswith("tk-ray-"):

@@ -179,5 +179,7 @@ def cluster_header(config: dict) -> str:
     if local:
         lines.append("model_source is a local folder: every Ray node must have it at that path, or replace it "
                      "with a Hugging Face id or an s3:// / gs:// copy.")
+    if config.get("http_options", {}).get("host") in ("127.0.0.1", "localhost"):
+        lines.append("http_options.host 127.0.0.1 only serves this machine: use 0.0.0.0 on a cluster.")
     lines.append("The image of every node needs ray[serve]==2.60.0, vLLM, pyarrow, pandas, hf_transfer, jsonref.")
     return "\n".join(lines)
