@@ -114,3 +114,38 @@ def test_closed_loop_users_are_split_and_every_request_counted(sse_server, tmp_p
     assert by_worker[0] == 21 and by_worker[1] == 20
     # closed loop: throughput = users / E2E
     assert step["requests_per_s"] == pytest.approx(5 / step["latency_s"]["e2e"]["mean"], rel=0.35)
+
+
+def test_rate_auto_probes_then_bisects_to_five_percent():
+    from types import SimpleNamespace as Step
+
+    from tritonkit.perf.autorate import AutoRate
+
+    capacity = 137.0  # the server meets the SLO up to this rate; closed loop tops out at 150 req/s
+    search, steps = AutoRate(), []
+    while (load := search.next(steps)) is not None:
+        if load.kind == "concurrency":
+            steps.append(Step(kind=load.kind, value=load.value, rps=min(150.0, 20.0 * load.value),
+                              slo_met=None, client_limited=False))
+        else:
+            steps.append(Step(kind=load.kind, value=load.value, rps=load.value,
+                              slo_met=load.value <= capacity, client_limited=False))
+    probes = [s.value for s in steps if s.kind == "concurrency"]
+    assert probes == [4, 16, 64]  # 80 -> 150 grew, 150 -> 150 did not
+    rates = [s.value for s in steps if s.kind == "rate"]
+    assert rates[0] == 150.0 and len(rates) <= 8
+    best = max(s.value for s in steps if s.kind == "rate" and s.slo_met)
+    worst = min(s.value for s in steps if s.kind == "rate" and not s.slo_met)
+    assert best <= capacity < worst and (worst - best) <= 0.05 * worst
+
+
+@pytest.mark.slow
+def test_rate_auto_end_to_end(sse_server, tmp_path):
+    doc, _ = _perf(sse_server, tmp_path / "auto", "--rate", "auto", "--slo", "e2e:p90<=1s", "--window", "0.5",
+                   "--max-step", "2", "--warmup", "0.2")
+    kinds = [s["kind"] for s in doc["steps"]]
+    assert kinds[0] == "concurrency" and "rate" in kinds
+    assert doc["best_step"] and doc["best_step"].endswith("req/s")
+    p = subprocess.run([sys.executable, "-m", "tritonkit", "perf", "--protocol", "openai", "--url", sse_server,
+                        "-m", "ground_truth", "--rate", "auto"], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and "--rate auto needs an SLO" in p.stderr and "Traceback" not in p.stderr

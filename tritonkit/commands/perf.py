@@ -19,7 +19,8 @@ from tritonkit.errors import Interrupted, ServerError
 @click.option("--protocol", type=click.Choice(["grpc", "http", "openai"]), default="grpc", show_default=True,
               help="grpc: Triton's streaming gRPC; http: Triton's /generate_stream; openai: /v1/completions.")
 @click.option("--preset", default=None, help="Workload preset (classification, chat: shipped from perf/presets/) or a JSON file of that shape.")
-@click.option("--rate", default=None, help="Constant request rate (req/s); a list (1,2,4) or range (2:10:2) sweeps.")
+@click.option("--rate", default=None, help="Constant request rate (req/s); a list (1,2,4) or range (2:10:2) sweeps; "
+              "'auto' searches for the highest rate meeting the SLO (a closed-loop probe, then bisection to 5%).")
 @click.option("--poisson", default=None, help="Poisson arrivals at this mean rate; a list or range sweeps.")
 @click.option("--concurrency", default=None, help="Closed loop: users sending back to back; a list or range sweeps.")
 @click.option("--duration", "duration_s", type=float, default=None, help="Seconds measured (single runs) [default: the preset's, else 30].")

@@ -19,6 +19,7 @@ from typing import Callable
 from tritonkit.client import RequestError, StreamClient, Unreachable, error_kind
 from tritonkit.perf import server_metrics, stability, verdict
 from tritonkit.perf.aggregate import Aggregator, StepResult
+from tritonkit.perf.autorate import AutoRate
 from tritonkit.perf.records import RequestRecord
 from tritonkit.perf.schedules import Load, offsets
 from tritonkit.perf.workload import Workload
@@ -48,6 +49,7 @@ class RunSpec:
     seed: int = 0
     probe_every_s: float = 1.0
     probe_timeout_s: float = 2.0
+    auto_rate: bool = False  # --rate auto: loads chosen as the run goes (tritonkit.perf.autorate)
     workers: int = 1  # generator processes (tritonkit.perf.workers); 1: this process, as always
     think_s: float = 0.0  # closed loop: pause between a user's answer and its next request
 
@@ -115,16 +117,26 @@ class Runner:
         watchdog = asyncio.create_task(self._watchdog())
         try:
             best_rps = 0.0
-            for n, load in enumerate(self.spec.loads):
-                step = await self._step(load, n, t0)
+            search = AutoRate() if self.spec.auto_rate else None
+            n = 0  # the next step's number
+            while True:
+                if search is not None:  # --rate auto: each next load from the steps so far
+                    load = search.next(result.steps)
+                    if load is None:
+                        break
+                    self.spec.loads.append(load)
+                elif n >= len(self.spec.loads):
+                    break
+                step = await self._step(self.spec.loads[n], n, t0)
                 result.steps.append(step)
+                n += 1
                 if self.stop.is_set():
                     break
-                if self.spec.sweep and n + 1 < len(self.spec.loads):
+                if self.spec.sweep and search is None and n < len(self.spec.loads):
                     if self.spec.stop_at_slo and step.slo_met is False:
                         result.stop_reason = f"step {step.label} missed the SLO"
                         break
-                    if self.spec.stop_on_plateau and n > 0 and step.rps < best_rps * (1 + self.spec.plateau_gain):
+                    if self.spec.stop_on_plateau and n > 1 and step.rps < best_rps * (1 + self.spec.plateau_gain):
                         result.stop_reason = (f"throughput stopped growing at {step.label} "
                                               f"({step.rps:.2f} req/s vs best {best_rps:.2f})")
                         break

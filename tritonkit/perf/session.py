@@ -21,6 +21,7 @@ from tritonkit.errors import UsageError
 from tritonkit.paths import shipped
 from tritonkit.perf import cost as cost_mod
 from tritonkit.perf import report, slo, summary
+from tritonkit.perf import autorate
 from tritonkit.perf import workers as workers_mod
 from tritonkit.perf.presets import NO_PRESET, Preset
 from tritonkit.perf.presets import load as load_preset
@@ -114,6 +115,8 @@ def _loads(opts: Options, preset: Preset) -> tuple[list[Load], bool]:
     if not given:
         raise UsageError("no load given", "pass --rate, --poisson or --concurrency (or a --preset)")
     kind, text = next(iter(given.items()))
+    if kind == "rate" and str(text).strip().lower() == "auto":
+        return [], True  # --rate auto: the runner chooses each step (tritonkit.perf.autorate)
     values = parse_values(str(text))
     return [Load(kind, v) for v in values], len(values) > 1
 
@@ -238,12 +241,14 @@ def resolve(opts: Options, say=lambda m: print(m, file=sys.stderr)) -> Plan:
                    warmup_s=opts.warmup_s if opts.warmup_s is not None else (2.0 if is_sweep else 0.0),
                    sweep=is_sweep, window_s=opts.window_s, max_step_s=opts.max_step_s, timeout_s=opts.timeout_s,
                    slo=bounds, soak=opts.soak, lora=opts.lora, metrics_url=_metrics_url(opts, target), seed=opts.seed,
-                   workers=workers_mod.count(opts.workers, loads))
+                   workers=workers_mod.count(opts.workers, loads), auto_rate=not loads)
+    if spec.auto_rate:
+        autorate.check(bounds)
     price = _price(opts, build)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     out_dir = Path(opts.out) if opts.out else Path("perf-results") / f"{model}-{stamp}"
     meta = {"model": model, "url": target.url, "metrics_url": spec.metrics_url, "protocol": opts.protocol,
-            "preset": opts.preset, "load": ", ".join(l.label for l in loads) + (" (sweep)" if is_sweep else ""),
+            "preset": opts.preset, "load": (", ".join(l.label for l in loads) or "rate auto") + (" (sweep)" if is_sweep else ""),
             "duration_s": duration, "requests": opts.requests, "workload": workload.describe(),
             "gpu": (price or {}).get("gpu"), "price": price, "lora": opts.lora, "soak": opts.soak,
             "server": target.record.name if target.record else None, "on_error": opts.on_error,

@@ -12,8 +12,10 @@ def best_step(steps, bounds):
     with the most successful requests/s. None when no step qualifies."""
     ok = [s for s in steps if s.ok > 0]
     if bounds:
+        # The highest load that met it (--rate auto bisects, so not always the last step; its
+        # closed-loop probe steps count only when no open-loop step met it).
         met = [s for s in ok if s.slo_met]
-        return met[-1] if met else None
+        return max(met, key=lambda s: (s.kind != "concurrency", s.value), default=None)
     return max(ok, key=lambda s: s.rps, default=None)
 
 
