@@ -149,3 +149,27 @@ def test_rate_auto_end_to_end(sse_server, tmp_path):
     p = subprocess.run([sys.executable, "-m", "tritonkit", "perf", "--protocol", "openai", "--url", sse_server,
                         "-m", "ground_truth", "--rate", "auto"], capture_output=True, text=True, timeout=60)
     assert p.returncode == 2 and "--rate auto needs an SLO" in p.stderr and "Traceback" not in p.stderr
+
+
+@pytest.mark.slow
+def test_server_killed_mid_run_with_workers_keeps_partial_results(tmp_path):
+    port = free_port()
+    srv = subprocess.Popen([sys.executable, str(ROOT / "perf" / "sse_ground_truth.py"), "--port", str(port),
+                            "--first-ms", "10", "--gap-ms", "5"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    out = tmp_path / "out"
+    try:
+        p = subprocess.Popen([sys.executable, "-m", "tritonkit", "perf", "--protocol", "openai", "--url",
+                              f"http://127.0.0.1:{port}", "-m", "ground_truth", "--rate", "40", "--duration", "120",
+                              "--output-tokens", str(K), "--metrics-url", "none", "--workers", "2", "--out", str(out)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and "sent" not in (line := p.stderr.readline()):
+            assert p.poll() is None, line
+        time.sleep(2)
+        srv.kill()
+        _, stderr = p.communicate(timeout=60)
+    finally:
+        srv.kill()
+    assert p.returncode == 4 and "run failed" in stderr and "Traceback" not in stderr, stderr
+    step = json.loads((out / "results.json").read_text())["steps"][0]
+    assert step["ok"] >= 20 and step["ok"] + step["failed"] == step["sent"]
