@@ -278,3 +278,38 @@ def test_reports_are_written(tmp_path):
     data = json.loads(files["json"].read_text())
     assert len(data["steps"][0]["samples"]) == 20
     assert "nearest-rank" in data["percentile_method"]
+
+
+def test_client_verdict_names_its_cause():
+    from types import SimpleNamespace as NS
+
+    from tritonkit.perf import verdict
+    from tritonkit.perf.schedules import Load
+
+    def step(lag_p99, rps=100.0, e2e=0.5, metrics=None, sent=1000, send_rate=100.0):
+        return NS(start=0.0, end=10.0, sent=sent, ok=sent, rps=rps, send_rate=send_rate, server_metrics=metrics or {},
+                  summaries={"send_lag": NS(p99=lag_p99), "e2e": NS(mean=e2e)}, client_limited=False, client_note="")
+
+    def use(cpu, wait, machine):
+        return verdict.ClientUsage(1, cpu, wait, cpu, wait, machine, 2)
+
+    s = step(0.0005)
+    verdict.judge(s, Load("rate", 100), use(1.0, 0.0, 0.3))
+    assert not s.client_limited and s.client_note.startswith("schedule kept")
+    s = step(0.050)
+    verdict.judge(s, Load("rate", 100), use(9.5, 0.0, 0.6))
+    assert s.client_limited and "the generator's own CPU" in s.client_note and "95%" in s.client_note
+    s = step(0.050)
+    verdict.judge(s, Load("rate", 100), use(2.0, 3.0, 0.99))
+    assert "CPU starvation: the machine is saturated (99% of 2 cores" in s.client_note
+    s = step(0.050)
+    verdict.judge(s, Load("rate", 100), use(1.0, 0.1, 0.4))
+    assert "event-loop stall" in s.client_note and "p99 send lag 50.0 ms" in s.client_note
+    # Closed loop: Little's law on the server's own latency (256 users configured, ~126 inside).
+    vllm = {"histogram_means": {'vllm:e2e_request_latency_seconds{model_name="m"}': 0.38}}
+    s = step(0.001, rps=331.0, e2e=0.78, metrics=vllm)
+    verdict.judge(s, Load("concurrency", 256), use(5.5, 0.1, 0.5))
+    assert s.client_limited and "126 of 256 users inside the server" in s.client_note, s.client_note
+    s = step(0.001, rps=331.0, e2e=0.78, metrics={"histogram_means": {}})
+    verdict.judge(s, Load("concurrency", 256), use(5.5, 0.1, 0.5))
+    assert not s.client_limited  # no server latency to judge by: no verdict from Little's law

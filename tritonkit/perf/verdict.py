@@ -95,15 +95,14 @@ class MachineClock:
 
 
 def server_latency_s(server_metrics: dict) -> float | None:
-    """The server's own mean request latency over the step, from its metrics."""
+    """The server's own mean request latency over the step: vLLM's e2e histogram (its standalone
+    server, or Triton's vLLM backend with metrics on). Not Triton's nv_inference_request_duration:
+    for a decoupled model it can end when execute() returns, long before the last response."""
     means = server_metrics.get("histogram_means", {}) if server_metrics else {}
     for key, value in means.items():
         if key.startswith("vllm:e2e_request_latency_seconds"):
             return value
-    delta = server_metrics.get("delta", {}) if server_metrics else {}
-    dur = sum(v for k, v in delta.items() if k.startswith("nv_inference_request_duration_us"))
-    n = sum(v for k, v in delta.items() if k.startswith("nv_inference_request_success"))
-    return dur / n / 1e6 if dur > 0 and n > 0 else None
+    return None
 
 
 def judge(result, load, usage: ClientUsage | None) -> None:
