@@ -64,7 +64,7 @@ def _child_cpu() -> float:
 
 
 def run_tritonkit(url: str, users: int, seconds: float, workload_args: list[str], cpu: int | None,
-                  workers: str | None, out: Path) -> dict:
+                  workers: str | None, out: Path, streams: str = "shared") -> dict:
     pin = ["taskset", "-c", str(cpu)] if cpu is not None else []
     cmd = [*pin, sys.executable, "-m", "tritonkit", "perf", "--url", url, "--concurrency", str(users),
            "--duration", str(seconds), "--warmup", "2", "--json", "--out", str(out), *workload_args]
@@ -72,7 +72,7 @@ def run_tritonkit(url: str, users: int, seconds: float, workload_args: list[str]
         cmd += ["--workers", workers]
     cpu0 = _child_cpu()
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds * 4 + 120,
-                          env={**os.environ, "PYTHONPATH": str(HERE.parent)})
+                          env={**os.environ, "PYTHONPATH": str(HERE.parent), "TRITONKIT_GRPC_STREAMS": streams})
     if proc.returncode != 0:
         raise SystemExit(f"tritonkit perf failed: {proc.stderr[-2000:]}")
     step = json.loads(proc.stdout)["steps"][0]
@@ -131,18 +131,24 @@ def run_pa(pa: str, url: str, model: str, users: int, seconds: float, data: Path
 
 def compare(args, pa: str, url: str, model: str, data: Path, workload_args: list[str], pa_cpu, tk_cpu,
             tmp: Path) -> list:
+    """Per users: perf_analyzer and tritonkit (each --streams mode) alternating, --repeat times."""
     rows = []
+    modes = args.streams.split(",")
     for users in [int(v) for v in args.concurrency.split(",")]:
-        tk, pas = [], []
+        tk: dict[str, list] = {m: [] for m in modes}
+        pas = []
         for rep in range(args.repeat):
             pas.append(run_pa(pa, url, model, users, args.seconds, data, pa_cpu, tmp))
-            tk.append(run_tritonkit(url, users, args.seconds, workload_args, tk_cpu, args.workers,
-                                    tmp / f"tk-{users}-{rep}"))
-            t, p = tk[-1], pas[-1]
-            print(f"{users:4d} users run {rep + 1}: tritonkit {t['rps']:7.1f} req/s p50 {t['p50'] * 1000:7.2f} ms | "
-                  f"perf_analyzer {p['rps']:7.1f} req/s p50 {p['p50'] * 1000:7.2f} ms | "
-                  f"ratio {t['rps'] / p['rps']:.2f}x rps, {t['p50'] / p['p50']:.2f}x p50 | {t['note']}", flush=True)
-        rows.append((users, tk, pas))
+            p = pas[-1]
+            for mode in modes:
+                tk[mode].append(run_tritonkit(url, users, args.seconds, workload_args, tk_cpu, args.workers,
+                                              tmp / f"tk-{users}-{rep}-{mode}", mode))
+                t = tk[mode][-1]
+                print(f"{users:4d} users run {rep + 1}: tritonkit ({mode} streams) {t['rps']:7.1f} req/s p50 "
+                      f"{t['p50'] * 1000:7.2f} ms | perf_analyzer {p['rps']:7.1f} req/s p50 {p['p50'] * 1000:7.2f} ms | "
+                      f"ratio {t['rps'] / p['rps']:.2f}x rps, {t['p50'] / p['p50']:.2f}x p50 | {t['note']}", flush=True)
+        for mode in modes:
+            rows.append((users if len(modes) == 1 else f"{users} ({mode} streams)", tk[mode], pas))
     return rows
 
 
@@ -181,6 +187,8 @@ def main() -> None:
     ap.add_argument("--model", default="ground_truth")
     ap.add_argument("--repository", default=None)
     ap.add_argument("--preset", default="classification")
+    ap.add_argument("--streams", default="shared", help="tritonkit's gRPC modes to run: shared,per-request "
+                    "(TRITONKIT_GRPC_STREAMS; per-request is one stream per request, the pattern before issue 13)")
     ap.add_argument("--starved", type=int, default=0, help="users of a starved run (--workers 1, one core)")
     args = ap.parse_args()
     _pa_libs()

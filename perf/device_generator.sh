@@ -52,7 +52,7 @@ set -- $PORTS
   --http-port "$1" --grpc-port "$2" --metrics-port "$3" --timeout 300 || { echo "Triton did not start"; exit 5; }
 echo "triton ready after $(( $(date +%s) - T0 )) s"
 timeout $(( 560 - ($(date +%s) - T0) )) "$PY" perf/bench_vs_perf_analyzer.py --pa "$PA" --url "127.0.0.1:$2" \
-  --model "$MODEL" --repository "$WORK/repo" --preset classification --concurrency 128,256 \
+  --model "$MODEL" --repository "$WORK/repo" --preset classification --concurrency 128,256 --streams shared,per-request \
   --seconds "${SECONDS_PER_RUN:-15}" --repeat 1 --starved 512
 echo "bench exit $? after $(( $(date +%s) - T0 )) s"
 "$PY" -m tritonkit stop --name gen-vs-pa >/dev/null 2>&1
