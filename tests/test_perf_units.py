@@ -313,3 +313,19 @@ def test_client_verdict_names_its_cause():
     s = step(0.001, rps=331.0, e2e=0.78, metrics={"histogram_means": {}})
     verdict.judge(s, Load("concurrency", 256), use(5.5, 0.1, 0.5))
     assert not s.client_limited  # no server latency to judge by: no verdict from Little's law
+
+
+def test_grpc_request_bytes_are_built_once_per_prompt_and_carry_each_id():
+    from tritonclient.grpc import service_pb2
+
+    from tritonkit.client.grpc_streams import _id_field
+    from tritonkit.client.triton_grpc import TritonGrpcClient
+
+    client = TritonGrpcClient("127.0.0.1:1", "m")
+    body = client._build("hello", {"max_tokens": 3}, "adapter")
+    for rid in ("7", "x" * 300):  # a one-byte and a two-byte length prefix
+        req = service_pb2.ModelInferRequest.FromString(body + _id_field(rid))
+        assert req.id == rid and req.model_name == "m"
+        assert req.raw_input_contents[0][4:] == b"hello"
+        assert json.loads(req.raw_input_contents[1][4:]) == {"max_tokens": 3, "lora_name": "adapter"}
+        assert req.parameters["triton_enable_empty_final_response"].bool_param

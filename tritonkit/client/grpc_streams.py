@@ -132,7 +132,10 @@ class StreamPool:
         self.next_slot = 0
 
     def body(self, key: tuple, build: Callable[[], bytes]) -> bytes:
-        b = self.bodies.get(key)
+        try:
+            b = self.bodies.get(key)
+        except TypeError:  # an unhashable sampling value (a list of stop strings): not cached
+            return build()
         if b is None:
             b = build()
             if len(self.bodies) < _CACHE_MAX:
