@@ -108,6 +108,19 @@ def test_table_ratios_seed_rows_and_client_limited_steps():
     assert "| client-limited steps" in text and "vllm: client-limited" in text and "run 1: rate 40 req/s" in text
     assert "pinned, as vLLM defaults them by entry point: max_num_batched_tokens" in text
     assert "seed rows: llama_7b on A10G" in text
+    assert "NOT given the pinned" not in text
+
+
+def test_a_method_started_without_the_pins_is_named():
+    setup = make_setup(methods=["triton-local", "vllm", "ray"])
+    runs = {"triton-local": [method_run("triton-local", 1, TRITON)],  # model.json: Triton resolves the pins itself
+            "vllm": [method_run("vllm", 1, VLLM)], "ray": [method_run("ray", 1, VLLM)]}
+    runs["triton-local"][0].engine_args = {"model": "/m", "max_num_seqs": 256}
+    runs["vllm"][0].engine_args = setup.pinning["pinned"]
+    runs["ray"][0].engine_args = {"max_num_seqs": 256}  # what a runtime reading model.json deploys
+    assert table.unpinned(setup, runs) == {"ray": ["max_num_batched_tokens"]}
+    sums = [table.summarize(m, runs[m], setup) for m in setup.methods]
+    assert "ray: its engine was NOT given the pinned max_num_batched_tokens" in table.report(setup, sums, runs)
 
 
 def test_lower_bounds_give_no_max_ratio_and_other_gpus_no_seed_rows():
@@ -151,6 +164,8 @@ def test_replicas_and_monthly_cost(tmp_path):
     assert capacity.replicas_for(10, 400) == 1
     with pytest.raises(UsageError, match="--headroom"):
         capacity.replicas_for(10, 1, headroom=1.0)
+    with pytest.raises(UsageError, match="--target-rps must be positive"):
+        capacity.plan([tmp_path], 0, None)
     setup = make_setup(repeat=2)
     results.save_setup(tmp_path, setup)
     for r in (method_run("triton-local", 1, TRITON), method_run("triton-local", 2, [replace_rps(s, 0.9) for s in TRITON]),
@@ -251,6 +266,39 @@ def test_bad_options_fail_before_anything_starts(fake_build, tmp_path):
     with pytest.raises(UsageError, match="--repeat"):
         run_mod.run(replace(opts, repeat=0), say=lambda m: None)
     assert started == []
+
+
+# ---------------------------------------------------------------- the vllm runtime
+
+def test_vllm_runtime_command_serves_the_pinned_arguments_and_adapters(tmp_path, monkeypatch):
+    from tritonkit.runtime.base import RUNTIMES, server_class
+    from tritonkit.runtime.spec import ServerSpec
+    from tritonkit.runtime.vllm_server import VllmServer
+
+    assert RUNTIMES["vllm"].endswith(":VllmServer") and server_class("vllm") is VllmServer
+    assert VllmServer.api == "openai"
+    repo = tmp_path / "repo"
+    (repo / "m" / "1").mkdir(parents=True)
+    (repo / "m" / "1" / "multi_lora.json").write_text(json.dumps({"b": "/ad/b", "a": "/ad/a"}))
+    build = buildrecord.BuildRecord(model_name="m", model=buildrecord.ModelInfo(name="x", source="/m"),
+                                    gpu=buildrecord.GpuInfo(profile="cpu"),
+                                    engine_args={"model": "/m", "enable_lora": True})
+    seen = {}
+
+    def fake_resolve(args, env=None):
+        seen["args"], seen["env"] = args, env
+        return pinning.Pinning(args, {**args, "max_num_batched_tokens": 2048},
+                               openai_argv=["--model", "/m", "--enable-lora", "--max-num-batched-tokens", "2048"])
+
+    monkeypatch.setattr(pinning, "resolve", fake_resolve)
+    server = VllmServer(ServerSpec(repository=repo, http_port=8123, env={"VLLM_CPU_KVCACHE_SPACE": "1"}), [build])
+    cmd = server.command()
+    assert cmd[1:3] == ["-m", "vllm.entrypoints.openai.api_server"]
+    assert " ".join(cmd[3:]) == ("--host 127.0.0.1 --port 8123 --served-model-name m --model /m --enable-lora "
+                                 "--max-num-batched-tokens 2048 --lora-modules a=/ad/a b=/ad/b")
+    assert seen == {"args": build.engine_args, "env": {"VLLM_CPU_KVCACHE_SPACE": "1"}}
+    with pytest.raises(UsageError, match="serves one tritonkit build"):
+        VllmServer(ServerSpec(repository=repo), [build, build]).command()
 
 
 # ---------------------------------------------------------------- pinning
@@ -357,7 +405,13 @@ def test_compare_serves_each_method_in_turn_and_writes_the_table(compared):
     assert (out / "compare.png").stat().st_size > 0 and "capacity for 50 req/s" in p.stdout
     setup = json.loads((out / "compare.json").read_text())
     assert setup["pinning"]["residual"] == {} and setup["methods"] == compared["methods"]
-    # Every server was stopped: no process names the repository, no server record is left.
+    # Every server was stopped: its process group is gone (vLLM's engine processes rename themselves,
+    # so their command lines cannot be searched), no process names the repository, no record is left.
+    from tritonkit.runtime.local import group_alive
+
+    for method in compared["methods"]:
+        handle = json.loads((out / "runs" / f"{method}-1.json").read_text())["server_handle"]
+        assert handle.get("pid") is None or not group_alive(handle["pid"]), (method, handle)
     assert _live_processes(str(compared["repo"])) == []
     assert "compare-" not in subprocess.run([*TRITONKIT, "status"], capture_output=True, text=True).stdout
 

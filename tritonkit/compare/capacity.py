@@ -57,6 +57,7 @@ def replica_capacity(runs: list[results.MethodRun], slo: str | None) -> tuple[fl
 
 
 def plan(folders: list[Path], target_rps: float, slo: str | None, headroom: float = 0.0) -> list[CapacityRow]:
+    replicas_for(target_rps, 1.0, headroom)  # bad --target-rps / --headroom: an error before any reading
     rows = []
     for folder in folders:
         setup = results.load_setup(folder)

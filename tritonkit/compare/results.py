@@ -64,6 +64,8 @@ class MethodRun:
     message: str = ""
     ready_s: float | None = None
     server_command: str = ""
+    server_handle: dict = field(default_factory=dict)  # Server.handle(): pid (its process group), container...
+    engine_args: dict = field(default_factory=dict)  # what the method's engine was given (checked against the pins)
     sweeps: dict[str, dict] = field(default_factory=dict)  # "rate"/"concurrency" -> tritonkit perf's summary doc
     started_at: float = 0.0
     elapsed_s: float = 0.0

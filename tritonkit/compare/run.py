@@ -175,6 +175,8 @@ def measure(method: Method, n: int, setup: results.Setup, build: buildrecord.Bui
     t0 = time.monotonic()
     try:
         server.start()
+        record.server_handle = server.handle()
+        record.engine_args = given_engine_args(server, method, setup)
         record.ready_s = round(server.wait_ready([build.model_name], opts.start_timeout_s), 1)
         record.server_command = " ".join(getattr(server, "command_line", []) or [])
         state.save(state.ServerRecord(  # so `tritonkit stop --all` ends it should this process die
@@ -209,6 +211,25 @@ def measure(method: Method, n: int, setup: results.Setup, build: buildrecord.Bui
         record.elapsed_s = round(time.monotonic() - t0, 1)
         results.save_run(out, record)
     return record
+
+
+def given_engine_args(server, method: Method, setup: results.Setup) -> dict:
+    """The engine arguments this method's server was actually started with, as far as it tells."""
+    if method.runtime in ("local", "docker"):  # Triton's vLLM backend reads model.json itself
+        return buildrecord.engine_args(Path(setup.repository) / setup.model)
+    if getattr(server, "pinning", None) is not None:  # the vllm runtime
+        return dict(server.pinning.pinned)
+    if method.runtime == "ray":  # the Serve config it deployed
+        import yaml
+
+        from tritonkit.runtime.ray import config_path
+
+        with contextlib.suppress(OSError, ValueError, KeyError, IndexError, TypeError, yaml.YAMLError):
+            config = yaml.safe_load(config_path(server.spec.name).read_text())
+            for llm in config["applications"][0]["args"]["llm_configs"]:
+                if llm["model_loading_config"]["model_id"] == setup.model:
+                    return dict(llm["engine_kwargs"])
+    return {}
 
 
 def sweep(method: Method, n: int, kind: str, values: str, url: str, setup: results.Setup, opts: CompareOptions,
@@ -246,8 +267,9 @@ def render(out: Path, setup: results.Setup) -> Outcome:
 
     runs = results.load_runs(out)
     names = setup.methods + sorted({r.method for r in runs} - set(setup.methods))
-    summaries = [table.summarize(m, [r for r in runs if r.method == m], setup) for m in names]
-    text = table.report(setup, summaries)
+    by_method = {m: [r for r in runs if r.method == m] for m in names}
+    summaries = [table.summarize(m, by_method[m], setup) for m in names]
+    text = table.report(setup, summaries, by_method)
     files = [out / "compare.md"]
     (out / "compare.md").write_text(f"# {setup.model}: delivery methods compared\n\n{text}")
     picture = plot.compare_plot(setup, runs, out / "compare.png")

@@ -177,7 +177,25 @@ def table(setup: Setup, summaries: list[MethodSummary]) -> str:
     return "\n".join([fmt_line(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(fmt_line, lines)])
 
 
-def notes(setup: Setup, summaries: list[MethodSummary]) -> list[str]:
+def unpinned(setup: Setup, runs_by_method: dict[str, list[MethodRun]]) -> dict[str, list[str]]:
+    """method -> pinned arguments its server was started without. Triton's engine resolves
+    model.json to the pinned values by construction (they are its values), so only the others count."""
+    pins = (setup.pinning or {}).get("pins") or {}
+    pinned = (setup.pinning or {}).get("pinned") or {}
+    found = {}
+    for method, runs in runs_by_method.items():
+        if METHODS.get(method) and METHODS[method].runtime in ("local", "docker"):
+            continue
+        for r in runs:
+            if r.engine_args:  # empty: the runtime did not tell
+                missing = [k for k in sorted(pins) if r.engine_args.get(k) != pinned.get(k)]
+                if missing:
+                    found[method] = missing
+    return found
+
+
+def notes(setup: Setup, summaries: list[MethodSummary],
+          runs_by_method: dict[str, list[MethodRun]] | None = None) -> list[str]:
     """The table's footnotes: what was measured, how, and what to distrust."""
     device = setup.device.get("name") or "CPU"
     found = [
@@ -198,6 +216,9 @@ def notes(setup: Setup, summaries: list[MethodSummary]) -> list[str]:
         + (f" (pinned, as vLLM defaults them by entry point: {', '.join(sorted(pins))})" if pins else "")
         + ("" if not pin or not pin.get("residual") else
            f"; the engines STILL DIFFERED in: {', '.join(sorted(pin['residual']))}"))
+    for method, missing in unpinned(setup, runs_by_method or {}).items():
+        found.append(f"{method}: its engine was NOT given the pinned {', '.join(missing)}: it ran vLLM's own "
+                     "default for its entry point (see compare.json's pinning)")
     for s in summaries:
         for line in s.mean.client_limited:
             found.append(f"{s.method}: client-limited (the generator, not the server, set the pace): {line}")
@@ -210,5 +231,7 @@ def notes(setup: Setup, summaries: list[MethodSummary]) -> list[str]:
     return found
 
 
-def report(setup: Setup, summaries: list[MethodSummary]) -> str:
-    return table(setup, summaries) + "\n\n" + "\n".join(f"- {n}" for n in notes(setup, summaries)) + "\n"
+def report(setup: Setup, summaries: list[MethodSummary],
+           runs_by_method: dict[str, list[MethodRun]] | None = None) -> str:
+    lines = notes(setup, summaries, runs_by_method)
+    return table(setup, summaries) + "\n\n" + "\n".join(f"- {n}" for n in lines) + "\n"
