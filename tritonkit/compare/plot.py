@@ -13,8 +13,10 @@ def compare_plot(setup: Setup, runs: list[MethodRun], path: Path) -> Path | None
     """PNG at `path`; None when no run measured anything."""
     if not any(r.steps for r in runs):
         return None
-    import matplotlib
-
+    try:
+        import matplotlib
+    except ImportError:  # the table is the result; the picture is a convenience
+        return None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
