@@ -24,6 +24,7 @@ from tritonkit.perf.records import RequestRecord
     ("server_error", "server error: [Errno 32] Broken pipe", "connection_lost"),
     ("server_error", "server error: [Errno 104] Connection reset by peer", "connection_lost"),
     ("truncated", "the stream ended before the final response", "connection_lost"),
+    ("server_error", "server error: the vLLM engine process stopped", "connection_lost"),
     ("timeout", "no complete answer within 10 s", "timeout"),
     ("grpc_deadline_exceeded", "gRPC deadline exceeded", "timeout"),
     ("unfinished", "still running when the run stopped", "cancelled"),

@@ -28,7 +28,7 @@ UNREACHABLE = "unreachable"
 # engine as "Connection lost" / "Broken pipe"; gRPC and HTTP clients add their own wording.
 _PATTERNS = [
     (UNREACHABLE, re.compile(r"cannot reach|connection refused|name or service not known", re.I)),
-    (CONNECTION_LOST, re.compile(r"connection (lost|reset|closed|aborted)|broken pipe|engine (died|exited|is dead)"
+    (CONNECTION_LOST, re.compile(r"connection (lost|reset|closed|aborted)|broken pipe|engine (process )?(died|exited|stopped|is dead)"
                                  r"|stream ended before|server disconnected|EOF|errno 32|errno 104", re.I)),
     (NOT_READY, re.compile(r"not ready|unavailable|\b503\b|is (loading|restarting)", re.I)),
     (TIMEOUT, re.compile(r"timed? ?out|deadline exceeded|no complete answer within", re.I)),
