@@ -9,6 +9,7 @@ throughput stops growing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import os
 import signal
@@ -82,6 +83,21 @@ class RunResult:
 
 class Stop(Exception):
     pass
+
+
+@contextlib.contextmanager
+def quiet_gc():
+    """What exists now is never garbage: keep the collector off it, and collect young objects less
+    often (records are acyclic; full collections over a growing list of them stalled the loop).
+    Entered before a step's clock starts (the one collection here takes time); nests harmlessly."""
+    thresholds = gc.get_threshold()
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(max(50_000, thresholds[0]), *thresholds[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*thresholds)
 
 
 class Runner:
@@ -178,6 +194,11 @@ class Runner:
     async def _step(self, load: Load, n: int, t0: float) -> StepResult:
         spec = self.spec
         before = await asyncio.to_thread(server_metrics.scrape, spec.metrics_url, self.client.model)
+        with quiet_gc():
+            return await self._measured_step(load, n, t0, before)
+
+    async def _measured_step(self, load: Load, n: int, t0: float, before) -> StepResult:
+        spec = self.spec
         machine = verdict.MachineClock()
         own0 = verdict.Sample.now()
         start = time.perf_counter() + (0.05 if self.pool else 0.0)  # workers: time to receive the step
@@ -243,21 +264,11 @@ class Runner:
 
     async def generate(self, load: Load, n: int, start: float, finished) -> None:
         """Send this generator's share of step n (from perf_counter `start`), then let it finish."""
-        # What exists now is never garbage: keep the collector off it, and collect young objects
-        # less often (records are acyclic; a full collection over them stalled the loop).
-        gc.collect()
-        gc.freeze()
-        thresholds = gc.get_threshold()
-        gc.set_threshold(50_000, *thresholds[1:])
-        try:
-            if load.open_loop:
-                await self._open_loop(load, n, start, finished)
-            else:
-                await self._closed_loop(load, start, finished)
-            await self._drain()
-        finally:
-            gc.set_threshold(*thresholds)
-            gc.unfreeze()
+        if load.open_loop:
+            await self._open_loop(load, n, start, finished)
+        else:
+            await self._closed_loop(load, start, finished)
+        await self._drain()
 
     async def _open_loop(self, load: Load, n: int, start: float, finished) -> None:
         horizon = None if self.step_end == float("inf") else self.step_end - start

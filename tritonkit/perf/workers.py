@@ -79,6 +79,7 @@ def _worker_main(index: int, of: int, protocol: str, url: str, model: str, workl
 
 async def _serve(index, of, protocol, url, model, workload, spec, commands, results, step_end, stop) -> None:
     from tritonkit.client import open_client
+    from tritonkit.perf import runner as runner_mod
     from tritonkit.perf import verdict
     from tritonkit.perf.runner import Runner, Share
 
@@ -91,6 +92,8 @@ async def _serve(index, of, protocol, url, model, workload, spec, commands, resu
             if cmd[0] == "exit":
                 return
             _, load, n, start = cmd
+            quiet = runner_mod.quiet_gc()  # collect now, before the step's clock starts
+            quiet.__enter__()
             batch: list = []
             sent = [0]
 
@@ -116,6 +119,7 @@ async def _serve(index, of, protocol, url, model, workload, spec, commands, resu
             finally:
                 follower.cancel()
             flush()
+            quiet.__exit__(None, None, None)
             after = verdict.Sample.now()
             if runner.status == "failed":
                 results.put(("halt", index, runner.status, runner.message))
