@@ -252,8 +252,7 @@ class Runner:
         usage = verdict.ClientUsage(
             workers=len(parts), cpu_s=sum(c for c, _ in parts), wait_s=sum(w for _, w in parts),
             max_worker_cpu_s=max(c for c, _ in parts), max_worker_wait_s=max(w for _, w in parts),
-            machine_busy=machine.busy_share(), cores=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-            else (os.cpu_count() or 1))
+            machine_busy=machine.busy_share(), cores=os.cpu_count() or 1)  # /proc/stat covers every CPU
         if worker_use:  # the parent measures, the workers send: both are the client
             usage.cpu_s += own.cpu_s - own0.cpu_s
         result.client_cpu_s = usage.cpu_s
