@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -151,8 +152,8 @@ def test_help_lists_the_commands_in_workflow_order_in_full(cli):
     assert code == 0
     commands = out.split("Commands:")[1].split("\n\n")[0]
     listed = [line.split()[0] for line in commands.splitlines() if line.startswith("  ") and not line.startswith("   ")]
-    assert listed == ["build", "serve", "generate", "perf", "status", "stop", "models", "gpus", "image", "runtime",
-                      "demo"]
+    assert listed == ["build", "serve", "generate", "perf", "compare", "plan-capacity", "status", "stop", "models",
+                      "gpus", "image", "runtime", "demo"]
     assert "..." not in commands  # no description cut off
     assert "$TRITONKIT_HOME" in out and "[default: ~/.cache/tritonkit]" in out
 
@@ -167,7 +168,9 @@ def test_every_option_is_described_in_one_default_style():
             if isinstance(param, click.Option):
                 where = f"{name} {param.opts[0]}"
                 assert param.help, f"{where} has no description"
-                assert "(default" not in param.help and "[preset" not in param.help, where
+                assert "(default" not in param.help, where
+                # A default the help states itself reads like click's own: [default: ...].
+                assert all(b.startswith("default: ") for b in re.findall(r"\[([^\]]*)\]", param.help)), where
 
 
 @pytest.mark.parametrize("args, message", [

@@ -16,7 +16,8 @@ from tritonkit import __version__
 from tritonkit.errors import TritonkitError, UsageError
 
 # The order a user goes through them; `tritonkit --help` lists them so.
-WORKFLOW = ("build", "serve", "generate", "perf", "status", "stop", "models", "gpus", "image", "runtime", "demo")
+WORKFLOW = ("build", "serve", "generate", "perf", "compare", "plan-capacity", "status", "stop", "models", "gpus",
+            "image", "runtime", "demo")
 
 EPILOG = """\b
 $TRITONKIT_HOME, what tritonkit keeps for you [default: ~/.cache/tritonkit]:

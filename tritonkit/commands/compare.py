@@ -39,19 +39,20 @@ def _slo_of(folder: Path) -> str | None:
 @click.option("--model", "-m", default=None, help="The build to compare, where the repository holds several.")
 @click.option("--methods", default="triton-local,vllm", show_default=True,
               help="Delivery methods, run in this order: triton-local, triton-docker, vllm, ray.")
-@click.option("--baseline", default=None, help="The method ratios divide by [the first of --methods].")
+@click.option("--baseline", default=None, help="The method ratios divide by [default: the first of --methods].")
 @click.option("--preset", default="classification", show_default=True, help="Workload preset (perf/presets) or JSON file.")
 @click.option("--rates", default="10,20,40,80,160,320,640", show_default=True,
               help="Open-loop sweep (req/s); '' for none. The seed published p90 at 10, 20 and 40.")
 @click.option("--concurrency", default=None, help="Closed-loop sweep (users), e.g. 1,8,32,128.")
-@click.option("--slo", default=None, help="Latency SLO for max req/s [the preset's, else e2e:p90<=1s].")
+@click.option("--slo", default=None, help="Latency SLO for max req/s [default: the preset's, else e2e:p90<=1s].")
 @click.option("--window", "window_s", type=float, default=3.0, show_default=True, help="Stability window (s).")
 @click.option("--max-step", "max_step_s", type=float, default=12.0, show_default=True, help="Step time cap (s).")
 @click.option("--warmup", "warmup_s", type=float, default=2.0, show_default=True, help="Warm-up before each step's measuring (s).")
-@click.option("--gpu", default=None, help="GPU profile for price, seed rows and capacity [the build's].")
+@click.option("--gpu", default=None, help="GPU profile for price, seed rows and capacity [default: the build's].")
 @click.option("--price", type=float, default=None, help="USD per hour of one replica (overrides --gpu).")
 @click.option("--repeat", type=int, default=1, show_default=True, help="Runs of each method (2: check they agree within 10%).")
-@click.option("--out", type=click.Path(path_type=Path), default="compare-results", show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), default="compare-results", show_default=True,
+              help="Output folder: each run's results, compare.json, the table and the plot.")
 @click.option("--resume", is_flag=True, help="Keep the completed runs in --out; run only what is missing.")
 @click.option("--report-only", is_flag=True, help="Write the table and plot again from --out; start nothing.")
 @click.option("--timeout", "start_timeout_s", type=float, default=900.0, show_default=True, help="Seconds to wait for each server.")
@@ -81,10 +82,10 @@ def compare(repository, model, methods, baseline, preset, rates, concurrency, sl
 @click.command("plan-capacity")
 @click.argument("results", nargs=-1, required=True, type=click.Path(path_type=Path, file_okay=False))
 @click.option("--target-rps", type=float, required=True, help="The load to serve (req/s).")
-@click.option("--slo", default=None, help="Latency SLO [each comparison's own].")
+@click.option("--slo", default=None, help="Latency SLO [default: each comparison's own].")
 @click.option("--headroom", type=float, default=0.0, show_default=True, help="Share of each replica kept spare.")
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=None,
-              help="Where capacity.md and the Ray Serve configs go [the first RESULTS folder].")
+              help="Where capacity.md and the Ray Serve configs go [default: the first RESULTS folder].")
 def plan_capacity(results, target_rps, slo, headroom, out):
     """Replicas, GPUs and monthly cost per delivery method and GPU profile, from `compare` results."""
     out = out or results[0]
