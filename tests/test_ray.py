@@ -166,7 +166,7 @@ def replica_requests(metrics_url: str) -> dict[str, float]:
     text = urllib.request.urlopen(metrics_url, timeout=10).read().decode()
     counts: dict[str, float] = {}
     for line in text.splitlines():
-        if line.startswith("ray_serve_deployment_request_counter") and 'deployment="LLMServer:tiny"' in line:
+        if line.startswith("ray_serve_deployment_request_counter_total{") and 'deployment="LLMServer:tiny"' in line:
             replica = re.search(r'replica="([^"]+)"', line).group(1)
             counts[replica] = counts.get(replica, 0) + float(line.rsplit(" ", 1)[1])
     return counts
