@@ -171,3 +171,24 @@ def test_cancelling_the_iteration_cancels_the_request_on_the_server(server, how)
             break
         time.sleep(0.1)
     assert f"request '{rid}' cancelled after" in server.logs(200)
+
+
+def test_finish_reason_none_string_is_no_finish_reason():
+    """vLLM backends (official and tritonkit's) send finish_reason "None" on every streamed
+    response but the last: the clients read it as no finish reason yet."""
+    from tritonclient.grpc import service_pb2
+
+    from tritonkit.client.triton_grpc import _bytes_tensor, _parse
+    from tritonkit.client.triton_http import _to_chunk
+
+    def grpc_chunk(reason: bytes):
+        resp = service_pb2.ModelStreamInferResponse()
+        resp.infer_response.outputs.add(name="text_output")
+        resp.infer_response.outputs.add(name="finish_reason")
+        resp.infer_response.raw_output_contents.extend([_bytes_tensor(b"hi"), _bytes_tensor(reason)])
+        return _parse(resp, 0.0)
+
+    assert grpc_chunk(b"None").finish_reason is None
+    assert grpc_chunk(b"length").finish_reason == "length"
+    assert _to_chunk(0.0, {"text_output": "hi", "finish_reason": "None"}).finish_reason is None
+    assert _to_chunk(0.0, {"text_output": "hi", "finish_reason": ["stop"]}).finish_reason == "stop"

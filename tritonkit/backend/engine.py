@@ -5,25 +5,59 @@ Python. It loads vLLM's AsyncLLM from model.json exactly as the official backend
 (`AsyncEngineArgs(**model_json)`), then serves one Unix-socket connection, one JSON object per
 line:
 
-    -> {"op": "generate", "id", "prompt", "sampling": {...SamplingParams}, "lora_name"}
+    <- {"op": "hello", "pid", "max_model_len"}                        once vLLM is ready
+    -> {"op": "generate", "id", "prompt", "sampling": {...}, "lora_name", "stream"}
     -> {"op": "abort", "id"}
-    <- {"id", "text" (new text), "n" (new tokens), "prompt_tokens", "finish_reason", "done",
-        "stats" (on the last message: token counts and timings for the vLLM metrics)}
+    -> {"op": "health", "id"}            <- {"op": "health", "id", "error" (null when healthy)}
+    <- {"id", "outputs": [one per sequence (n): {"text", "n" (tokens), "finish_reason",
+        "cumulative_logprob", "logprobs" (list of {token id: {logprob, rank, decoded_token}}
+        or null)}], "prompt_tokens", "done"}
+       streaming: new text/tokens/logprobs since the last message; else one message with all
     <- {"id", "error", "done": true}
+    <- {"op": "stats", ...}              vLLM's own per-iteration stats, for the metrics port
 
-It exits when the connection closes or its parent (the stub) goes away.
+    <- {"op": "beat"}                    every BEAT_S: the stub's supervisor counts silence as a hang
+
+It exits when the connection closes, when vLLM's engine core dies (exit code 3), or, by a
+parent-death signal, when its parent (the stub) goes away; vLLM's own child processes get the
+same signal from this module, so none outlives its parent.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
 import json
 import os
+import signal
 import sys
 import time
 
+from tritonkit.backend.params import typed_sampling
+
 LINE_LIMIT = 64 * 1024 * 1024
+BEAT_S = 0.25
+PR_SET_PDEATHSIG = 1
+# Tests only: while this file exists, health checks fail (the official backend's CI mocks vLLM's
+# check_health the same way).
+HEALTH_FAIL_FILE = os.environ.get("TRITONKIT_ENGINE_HEALTH_FAIL_FILE")
+
+
+def die_with_parent() -> None:
+    """SIGKILL this process when its parent exits (Linux prctl), and exit now if it already has."""
+    parent = os.getppid()
+    if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL) != 0:
+        return
+    if parent == 1 or os.getppid() != parent:
+        os._exit(1)
+
+
+# vLLM starts its engine core and workers with multiprocessing: spawned children import this
+# module as __mp_main__ (python -m), forked ones run the at-fork hook. Either way, each dies with
+# its parent, so SIGKILL of the engine leaves no orphan.
+if __name__ == "__mp_main__":
+    die_with_parent()
 
 
 def _parse_args(argv):
@@ -32,7 +66,36 @@ def _parse_args(argv):
     parser.add_argument("--socket", required=True)
     parser.add_argument("--model-name", default="model")
     parser.add_argument("--multi-lora-json")
+    parser.add_argument("--stats", action="store_true", help="forward vLLM's stats for the metrics port")
     return parser.parse_args(argv)
+
+
+def _stat_logger_factory(engine):
+    """A vLLM StatLogger that forwards each iteration's stats to the stub, as the official
+    backend's logger feeds Triton's metrics from the same numbers."""
+    from vllm.v1.metrics.loggers import StatLoggerBase
+
+    class ForwardingStatLogger(StatLoggerBase):
+        def __init__(self, vllm_config, engine_index=0):
+            pass
+
+        def record(self, scheduler_stats, iteration_stats, mm_cache_stats=None, engine_idx=0):
+            if iteration_stats is None:
+                return
+            done = iteration_stats.finished_requests
+            engine.emit({"op": "stats", "prompt_tokens": iteration_stats.num_prompt_tokens,
+                         "generation_tokens": iteration_stats.num_generation_tokens,
+                         "ttft": list(iteration_stats.time_to_first_tokens_iter),
+                         "itl": list(iteration_stats.inter_token_latencies_iter),
+                         "e2e": [r.e2e_latency for r in done],
+                         "req_prompt": [r.num_prompt_tokens for r in done],
+                         "req_generation": [r.num_generation_tokens for r in done],
+                         "n": list(iteration_stats.n_params_iter)})
+
+        def log_engine_initialized(self):
+            pass
+
+    return ForwardingStatLogger
 
 
 class Engine:
@@ -43,7 +106,10 @@ class Engine:
 
         with open(args.model_json) as f:
             engine_args = json.load(f)
-        self.llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**engine_args))
+        self.sink = None  # the connection's send(), once the stub is connected
+        self.with_stats, self.finals, self.stats_finished = args.stats, 0, 0
+        loggers = [_stat_logger_factory(self)] if args.stats else None
+        self.llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**engine_args), stat_loggers=loggers)
         self.loras = {}
         if args.multi_lora_json:
             with open(args.multi_lora_json) as f:
@@ -51,19 +117,38 @@ class Engine:
                     self.loras[name] = LoRARequest(name, lora_id, path)
         self.tasks: dict[str, asyncio.Task] = {}
 
+    def emit(self, obj):
+        if obj.get("op") == "stats":
+            self.stats_finished += len(obj["e2e"])
+        if self.sink is not None:
+            asyncio.ensure_future(self.sink(obj))
+
+    async def _stats_caught_up(self, limit_s: float = 0.2):
+        """With stats on, let vLLM record a finished request's stats before its last message goes
+        out: a client that scrapes the metrics port after its last response then sees them."""
+        if not self.with_stats:
+            return
+        self.finals += 1
+        deadline = time.monotonic() + limit_s
+        while self.stats_finished < self.finals and time.monotonic() < deadline:
+            await asyncio.sleep(0.002)
+
     async def serve(self, socket_path):
         self.closed = asyncio.Event()
         server = await asyncio.start_unix_server(self._client, path=socket_path, limit=LINE_LIMIT)
-        parent = os.getppid()
         async with server:
             while not self.closed.is_set():
-                if os.getppid() != parent:  # the stub died without closing the socket
-                    break
+                if self.llm.errored:  # the engine core died (crash, OOM kill): nothing can be served
+                    print(f"tritonkit engine: vLLM's engine core died: {self.llm.dead_error}", file=sys.stderr, flush=True)
+                    os._exit(3)  # no clean shutdown to wait for; the stub kills what is left of the group
+                if self.sink is not None:
+                    await self.sink({"op": "beat"})
                 try:
-                    await asyncio.wait_for(self.closed.wait(), 1.0)
+                    await asyncio.wait_for(self.closed.wait(), BEAT_S)
                 except asyncio.TimeoutError:
                     pass
         self.llm.shutdown()
+        return 0
 
     async def _client(self, reader, writer):
         lock = asyncio.Lock()
@@ -73,6 +158,9 @@ class Engine:
                 writer.write((json.dumps(obj, separators=(",", ":")) + "\n").encode())
                 await writer.drain()
 
+        self.sink = send
+        await send({"op": "hello", "pid": os.getpid(),
+                    "max_model_len": self.llm.vllm_config.model_config.max_model_len})
         try:
             while True:
                 line = await reader.readline()
@@ -87,41 +175,38 @@ class Engine:
                     if task is not None:
                         task.cancel()
                     print(f"tritonkit engine: aborted request {msg['id']} (client cancelled)", file=sys.stderr, flush=True)
+                elif msg["op"] == "health":
+                    asyncio.ensure_future(self._health(msg["id"], send))
         finally:
+            self.sink = None
             for task in self.tasks.values():
                 task.cancel()
             self.closed.set()
+
+    async def _health(self, health_id, send):
+        try:
+            await self.llm.check_health()
+            if HEALTH_FAIL_FILE and os.path.exists(HEALTH_FAIL_FILE):
+                raise RuntimeError("Simulated vLLM check_health() failure")
+            error = None
+        except Exception as err:
+            error = f"{type(err).__name__}: {err}"
+        await send({"op": "health", "id": health_id, "error": error})
 
     async def _generate(self, msg, send):
         from vllm.sampling_params import RequestOutputKind, SamplingParams
 
         request_id = msg["id"]
-        arrival = time.perf_counter()
         try:
-            sampling = SamplingParams(**_typed(msg["sampling"]), output_kind=RequestOutputKind.DELTA)
+            kind = RequestOutputKind.DELTA if msg.get("stream") else RequestOutputKind.FINAL_ONLY
+            sampling = SamplingParams(**typed_sampling(msg["sampling"]), output_kind=kind)
             lora = self.loras[msg["lora_name"]] if msg.get("lora_name") else None
-            first = last = None
-            gaps, generated = [], 0
+            sequences: dict[int, dict] = {}  # index -> last finish_reason / cumulative_logprob
             async for out in self.llm.generate(msg["prompt"], sampling, request_id, lora_request=lora):
-                now = time.perf_counter()
-                completion = out.outputs[0]
-                n = len(completion.token_ids)
-                if n:
-                    if first is None:
-                        first = now
-                    elif last is not None:
-                        gaps.append(now - last)
-                    last = now
-                generated += n
-                reply = {"id": request_id, "text": completion.text, "n": n,
-                         "prompt_tokens": len(out.prompt_token_ids or []),
-                         "finish_reason": completion.finish_reason, "done": out.finished}
                 if out.finished:
-                    reply["cumulative_logprob"] = completion.cumulative_logprob
-                    reply["stats"] = {"prompt_tokens": reply["prompt_tokens"], "generation_tokens": generated,
-                                      "ttft_s": None if first is None else first - arrival,
-                                      "e2e_s": now - arrival, "tpot_s": gaps}
-                await send(reply)
+                    await self._stats_caught_up()
+                await send({"id": request_id, "outputs": _outputs(out, sequences, sampling.n),
+                            "prompt_tokens": len(out.prompt_token_ids or []), "done": out.finished})
         except asyncio.CancelledError:
             raise
         except Exception as err:
@@ -130,34 +215,38 @@ class Engine:
             self.tasks.pop(request_id, None)
 
 
-# SamplingParams is strict about types; HTTP request parameters arrive as strings.
-_INT_FIELDS = {"max_tokens", "min_tokens", "n", "best_of", "top_k", "seed", "logprobs", "prompt_logprobs"}
-_FLOAT_FIELDS = {"temperature", "top_p", "min_p", "presence_penalty", "frequency_penalty", "repetition_penalty"}
-_BOOL_FIELDS = {"ignore_eos", "skip_special_tokens", "spaces_between_special_tokens"}
-
-
-def _typed(sampling: dict) -> dict:
-    out = {}
-    for key, value in sampling.items():
-        if isinstance(value, str):
-            if key in _INT_FIELDS:
-                value = int(value)
-            elif key in _FLOAT_FIELDS:
-                value = float(value)
-            elif key in _BOOL_FIELDS:
-                value = value.strip().lower() in ("1", "true", "yes")
-        out[key] = value
-    return out
+def _outputs(out, sequences: dict, n: int) -> list[dict]:
+    """One entry per sequence, in index order. With n > 1 a streamed message may carry only
+    some sequences: the others get no new text and keep their last finish reason."""
+    for completion in out.outputs:
+        sequences[completion.index] = {
+            "text": completion.text, "n": len(completion.token_ids),
+            "finish_reason": completion.finish_reason,
+            "cumulative_logprob": completion.cumulative_logprob,
+            "logprobs": None if completion.logprobs is None else [
+                {str(token_id): {"logprob": lp.logprob, "rank": lp.rank, "decoded_token": lp.decoded_token}
+                 for token_id, lp in position.items()}
+                for position in completion.logprobs],
+        }
+    result = []
+    for index in range(max(n, len(sequences))):
+        seq = sequences.get(index) or {"text": "", "n": 0, "finish_reason": None,
+                                       "cumulative_logprob": None, "logprobs": None}
+        result.append(seq)
+        # what was new is sent once; the next message starts empty for this sequence
+        sequences[index] = {**seq, "text": "", "n": 0, "logprobs": None if seq["logprobs"] is None else []}
+    return result
 
 
 async def _run(args) -> int:
+    die_with_parent()
+    os.register_at_fork(after_in_child=die_with_parent)
     try:
         engine = Engine(args)  # AsyncLLM wants a running event loop
     except Exception as err:
         print(f"tritonkit engine: could not start vLLM: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
         return 1
-    await engine.serve(args.socket)
-    return 0
+    return await engine.serve(args.socket)
 
 
 def main(argv=None):

@@ -71,6 +71,7 @@ def _parse(resp, t: float) -> Chunk:
         elif name == "finish_reason":
             parts = _decode_bytes(data)
             reason = parts[0].decode() if parts and parts[0] else None
+            reason = None if reason == "None" else reason  # vLLM backends send "None" until the last
     params = ir.parameters
     final = "triton_final_response" in params and params["triton_final_response"].bool_param
     return Chunk(text, n_out, reason, n_in, t, final)

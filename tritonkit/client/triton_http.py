@@ -29,6 +29,8 @@ def _to_chunk(t: float, event: dict) -> Chunk:
     reason = event.get("finish_reason")
     if isinstance(reason, list):
         reason = reason[0] if reason else None
+    if reason == "None":  # vLLM backends send "None" on every response but the last
+        reason = None
     return Chunk(text or "", n_out, reason or None, n_in, t)
 
 
