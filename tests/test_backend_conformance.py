@@ -34,7 +34,7 @@ from tritonkit.runtime.install import ensure_triton  # noqa: E402
 from tritonkit.runtime.local import install_vllm_backend, server_command, server_env, stop_group  # noqa: E402
 from tritonkit.runtime.spec import ServerSpec, free_port  # noqa: E402
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]  # the first test starts the server (minutes here)
 
 PROMPT = "In this example,"
 BASE_SAMPLING = {"temperature": "0", "top_p": "1", "max_tokens": "6", "ignore_eos": "true"}

@@ -22,7 +22,7 @@ from test_backend_conformance import (BASE_SAMPLING, build, engine_pid, infer, i
                                       only_error, output_tokens, start_server)
 
 grpcclient = pytest.importorskip("tritonclient.grpc")
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]  # the first test starts the server (minutes here)
 
 HANG_TIMEOUT_S = 5.0  # generous: this machine is shared and often loaded
 
