@@ -133,7 +133,7 @@ class RestartLedger:
 
 def over_budget(deaths, cause):
     return (f"its vLLM engine died {deaths} times within {RESTART_WINDOW_S / 60:.0f} minutes, so it is not "
-            f"restarted again; the last time: {cause}. Fix the cause, then load the model again "
+            f"restarted again; the last time it {cause}. Fix the cause, then load the model again "
             f"or restart the server")
 
 
@@ -357,9 +357,10 @@ class TritonPythonModel:
         """Fail what is in flight with the cause, kill the engine's group, and restart it."""
         if self.down is not None:
             return
-        self.down = f"the vLLM engine of model '{self.model_name}' {cause}"
+        # Worded for clients that sort failures: in flight "engine died", refused "not ready".
+        self.down = f"model '{self.model_name}' is not ready: its vLLM engine is restarting (it {cause})"
         self._kill_engine()
-        message = f"{self.down}; its last log lines:\n{self._tail()}"
+        message = f"the vLLM engine died (model '{self.model_name}'): it {cause}; its last log lines:\n{self._tail()}"
         self.logger.log_error(f"[vllm] {message}")
         for request_id, queue in list(self.pending.items()):
             queue.put_nowait({"error": message, "done": True})
@@ -372,7 +373,7 @@ class TritonPythonModel:
             try:
                 await self._launch()
             except Exception as err:
-                deaths = self.ledger.record_death(str(err))
+                deaths = self.ledger.record_death(f"failed to start again: {err}")
                 continue
             self.ledger.check_load()  # clears the pending restart
             self.down, self.healthy = None, True
@@ -419,7 +420,7 @@ class TritonPythonModel:
         if self.down is not None:
             for request in requests:
                 request.get_response_sender().send(
-                    pb_utils.InferenceResponse(error=triton_error(f"{self.down}; retry later", "UNAVAILABLE")),
+                    pb_utils.InferenceResponse(error=triton_error(self.down, "UNAVAILABLE")),
                     flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
             return None
         for request in requests:
