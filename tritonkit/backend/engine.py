@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import ctypes
 import json
 import os
@@ -90,7 +91,8 @@ def _stat_logger_factory(engine):
                          "e2e": [r.e2e_latency for r in done],
                          "req_prompt": [r.num_prompt_tokens for r in done],
                          "req_generation": [r.num_generation_tokens for r in done],
-                         "n": list(iteration_stats.n_params_iter)})
+                         "n": list(iteration_stats.n_params_iter),
+                         "finished_ids": [r.request_id or "" for r in done]})
 
         def log_engine_initialized(self):
             pass
@@ -107,7 +109,8 @@ class Engine:
         with open(args.model_json) as f:
             engine_args = json.load(f)
         self.sink = None  # the connection's send(), once the stub is connected
-        self.with_stats, self.finals, self.stats_finished = args.stats, 0, 0
+        self.with_stats = args.stats
+        self.finished_ids = collections.deque(maxlen=1024)  # vLLM ids of requests whose stats were recorded
         loggers = [_stat_logger_factory(self)] if args.stats else None
         self.llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**engine_args), stat_loggers=loggers)
         self.loras = {}
@@ -119,18 +122,18 @@ class Engine:
 
     def emit(self, obj):
         if obj.get("op") == "stats":
-            self.stats_finished += len(obj["e2e"])
+            self.finished_ids.extend(obj.pop("finished_ids"))
         if self.sink is not None:
             asyncio.ensure_future(self.sink(obj))
 
-    async def _stats_caught_up(self, limit_s: float = 0.2):
+    async def _stats_caught_up(self, request_id: str, limit_s: float = 1.0):
         """With stats on, let vLLM record a finished request's stats before its last message goes
-        out: a client that scrapes the metrics port after its last response then sees them."""
-        if not self.with_stats:
-            return
-        self.finals += 1
+        out: a client that scrapes the metrics port after its last response then sees them.
+        (vLLM's ids extend ours: a random suffix, an index prefix for each of n sequences.)"""
         deadline = time.monotonic() + limit_s
-        while self.stats_finished < self.finals and time.monotonic() < deadline:
+        while self.with_stats and time.monotonic() < deadline:
+            if any(request_id in finished for finished in self.finished_ids):
+                return
             await asyncio.sleep(0.002)
 
     async def serve(self, socket_path):
@@ -204,7 +207,7 @@ class Engine:
             sequences: dict[int, dict] = {}  # index -> last finish_reason / cumulative_logprob
             async for out in self.llm.generate(msg["prompt"], sampling, request_id, lora_request=lora):
                 if out.finished:
-                    await self._stats_caught_up()
+                    await self._stats_caught_up(request_id)
                 await send({"id": request_id, "outputs": _outputs(out, sequences, sampling.n),
                             "prompt_tokens": len(out.prompt_token_ids or []), "done": out.finished})
         except asyncio.CancelledError:
