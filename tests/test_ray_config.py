@@ -180,3 +180,27 @@ def test_serve_onto_a_cluster_that_does_not_answer(tmp_path):
     assert "Traceback" not in p.stderr
     assert not (tmp_path / "home" / "servers" / "tritonkit" / "server.json").exists()
     assert (tmp_path / "home" / "servers" / "tritonkit" / "serve_config.yaml").is_file()  # written before deploying
+
+
+def test_the_local_head_deploys_model_json_pinned_as_triton_resolves_it(tiny_model, tmp_path, monkeypatch):
+    """No Ray started: the config RayServer would deploy, from a real build's model.json."""
+    import json
+    import subprocess
+    import sys
+
+    from tritonkit import serving
+    from tritonkit.runtime.spec import ServerSpec
+
+    monkeypatch.setenv("TRITONKIT_HOME", str(tmp_path / "home"))
+    repo = tmp_path / "repo"
+    subprocess.run([sys.executable, "-m", "tritonkit", "build", str(tiny_model), "--gpu", "cpu", "--name", "tiny",
+                    "-o", str(repo)], check=True, capture_output=True, timeout=300)
+    model_json = json.loads((repo / "tiny" / "1" / "model.json").read_text())
+    server = serving.make_server(ServerSpec(repository=repo, name="pins"), "ray")
+    llm = only_llm(server._write_config())
+    pinning = json.loads((tmp_path / "home" / "servers" / "pins" / "pinning.json").read_text())["tiny"]
+    assert pinning["residual"] == {}  # Ray's engine resolves as Triton's does
+    expected = {k: v for k, v in pinning["pinned"].items() if k != "model"}
+    assert llm["engine_kwargs"] == expected
+    assert model_json.items() - {"model": model_json["model"]}.items() <= expected.items()
+    assert llm["model_loading_config"] == {"model_id": "tiny", "model_source": model_json["model"]}

@@ -172,6 +172,7 @@ class RayServer(Server):
             self._use_cluster()
 
     def _write_config(self) -> dict:
+        self.dir.mkdir(parents=True, exist_ok=True)
         models = {p.name for p in self.spec.repository.iterdir() if (p / "config.pbtxt").is_file()}
         built = {b.model_name for b in self.builds}
         if models - built:
@@ -179,6 +180,8 @@ class RayServer(Server):
                              "the ray runtime serves models built by `tritonkit build`")
         # model.json is what Triton's engine reads: deploy that, not a copy.
         engine_args = {b.model_name: buildrecord.engine_args(self.spec.repository / b.model_name) for b in self.builds}
+        if self.address is None:
+            engine_args = self._pin(engine_args)
         options = ray_config.RayConfigOptions(
             app_name=self.app, host=self.spec.host if self.address is None else "0.0.0.0",
             http_port=self.spec.http_port, replicas=self.options.replicas, autoscale=self.options.autoscale)
@@ -190,6 +193,22 @@ class RayServer(Server):
         path.write_text(ray_config.to_yaml(config, ray_config.cluster_header(config)))
         self._note(f"Serve config: {path} (apply it to a Ray cluster with `serve deploy`)")
         return config
+
+    def _pin(self, engine_args: dict[str, dict]) -> dict[str, dict]:
+        """Every argument vLLM defaults differently when Ray builds the engine (OpenAI context) is
+        pinned to what Triton's engine resolves, as the vllm runtime does. Only for the local head:
+        defaults depend on the device, and a cluster's may differ from this machine's."""
+        from tritonkit.compare import pinning
+
+        pinned, report = {}, {}
+        for model, args in engine_args.items():
+            resolved = pinning.resolve(args, self.spec.env)
+            pinned[model] = resolved.pinned
+            report[model] = resolved.to_json()
+            for line in resolved.describe()[1:]:
+                self._note(f"ray: {model}: {line.strip()}")
+        (self.dir / "pinning.json").write_text(json.dumps(report, indent=2, default=str))
+        return pinned
 
     def _ray_env(self) -> dict[str, str]:
         env = dict(os.environ)
