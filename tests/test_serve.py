@@ -127,6 +127,16 @@ def test_generate_command_streams_and_summarises(server):
     assert "note: tiny has RANDOM weights, so its text is gibberish by design" in proc.stderr
 
 
+def test_perf_with_a_preset_finds_the_running_server_by_itself(server, tmp_path):
+    """The README's line: after `serve --detach`, perf needs no --url, --model or --repository."""
+    proc = subprocess.run([*TRITONKIT, "perf", "--preset", "classification", "--rate", "4", "--requests", "4",
+                           "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=600,
+                          cwd=tmp_path)  # no ./model_repository here: the server's record leads to the build
+    assert proc.returncode == 0, proc.stderr
+    assert f"perf: server {server['name']} at {server['grpc']}, model tiny, build in " in proc.stderr
+    assert (tmp_path / "out" / "results.json").is_file()
+
+
 def test_lora_adapters_change_the_output(server):
     greedy = {"max_tokens": 16, "ignore_eos": True, "temperature": 0}
     texts = {lora: "".join(c.text for c in asyncio.run(collect("grpc", server["grpc"], greedy, lora)))
