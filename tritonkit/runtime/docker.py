@@ -249,9 +249,9 @@ class DockerServer(Server):
             raise ServerError(f"{engine.client} run failed: {detail or f'exit {res.returncode}'}", hint)
 
     def is_alive(self) -> bool:
-        if self.process is not None and self.process.poll() is not None:
-            return False  # the attached client exited: so did the container
-        return self._state() == "true" or (self.process is not None and self._state() is None)
+        if self.process is not None:  # attached: the client lives as long as the container (and costs no call)
+            return self.process.poll() is None
+        return self._state() == "true"
 
     def logs(self, lines: int | None = 30) -> str:
         """The root-cause lines of the container's log (its whole log is kept in log_file)."""

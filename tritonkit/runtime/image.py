@@ -125,12 +125,16 @@ class CpuImagePlan:
     deps_hash: str
     content_hash: str  # the final image's: the deps' hash + tritonkit's sources
 
+    def _build(self) -> list[str]:
+        # podman writes OCI images by default, which drop HEALTHCHECK; NGC's image has one.
+        return [self.engine.client, "build"] + (["--format", "docker"] if self.engine.client == "podman" else [])
+
     def deps_args(self, context: Path) -> list[str]:
-        return [self.engine.client, "build", "-f", str(context / "Dockerfile.deps"), "-t", self.deps_tag,
+        return [*self._build(), "-f", str(context / "Dockerfile.deps"), "-t", self.deps_tag,
                 "--build-arg", f"BASE={self.base}", "--label", f"{CONTENT_LABEL}={self.deps_hash}", str(context)]
 
     def image_args(self, context: Path) -> list[str]:
-        return [self.engine.client, "build", "-f", str(context / "Dockerfile"), "-t", self.tag,
+        return [*self._build(), "-f", str(context / "Dockerfile"), "-t", self.tag,
                 "--build-arg", f"DEPS={self.deps_tag}", "--label", "tritonkit=1",
                 "--label", f"{DEVICE_LABEL}=cpu", "--label", f"{CONTENT_LABEL}={self.content_hash}", str(context)]
 
