@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import resource
 import subprocess
 from pathlib import Path
 
@@ -391,14 +390,12 @@ def test_a_path_with_a_comma_is_quoted_for_docker(layout, tmp_path):
 
 # -- engines: Docker or podman, and the flags each accepts -----------------------------------
 
-def test_podman_limits_stay_under_the_callers_hard_limits():
-    hard = {engine.RLIMITS["memlock"]: 8388608, engine.RLIMITS["stack"]: resource.RLIM_INFINITY,
-            engine.RLIMITS["nofile"]: 20000, engine.RLIMITS["nproc"]: 96365}
-    ulimits, notes = engine.podman_ulimits(hard.__getitem__)
-    assert ulimits == ("memlock=8388608", "stack=67108864", "nofile=20000", "nproc=96365")
-    assert len(notes) == 1 and "memlock=8388608" in notes[0] and "hard limit" in notes[0]
-    unlimited, none = engine.podman_ulimits(lambda which: resource.RLIM_INFINITY)
-    assert unlimited == ("memlock=-1", "stack=67108864", "nofile=1048576", "nproc=4194304") and none == ()
+def test_podman_limits_only_where_they_can_be_raised():
+    ulimits, notes = engine.podman_ulimits(may_raise=True)
+    assert ulimits == ("memlock=-1", "stack=67108864", "nofile=1048576:1048576", "nproc=4194304:4194304")
+    assert notes == ()
+    ulimits, notes = engine.podman_ulimits(may_raise=False)  # an explicit --ulimit would drop podman's defaults
+    assert ulimits == () and "CAP_SYS_RESOURCE" in notes[0] and "memlock=-1" in notes[0]
 
 
 def test_run_args_on_podman(layout, monkeypatch, tmp_path):
@@ -408,8 +405,7 @@ def test_run_args_on_podman(layout, monkeypatch, tmp_path):
     assert argv[:5] == ["podman", "run", "-d", "--name", "tritonkit-p"]
     assert "--gpus" not in argv and "--device" not in argv  # podman ignores --gpus; no CDI spec here
     limits = [argv[i + 1] for i, a in enumerate(argv) if a == "--ulimit"]
-    assert [v.split("=")[0] for v in limits] == ["memlock", "stack", "nofile", "nproc"]
-    assert "memlock=-1" not in limits or resource.getrlimit(resource.RLIMIT_MEMLOCK)[1] == resource.RLIM_INFINITY
+    assert limits == list(engine.podman_ulimits()[0])
     flags, notes = engine.run_flags(pod, "all")
     assert any("CDI" in n for n in notes)
     (tmp_path / "cdi").mkdir()
@@ -428,7 +424,7 @@ def test_probe_tells_docker_podman_behind_docker_and_the_shim(tmp_path, monkeypa
     assert (found.client, found.kind, found.version, found.ulimits) == ("docker", "docker", "28.0.0", engine.DOCKER_ULIMITS)
     fake_docker(tmp_path / "bin", 'echo "4.3.1|Podman Engine,Conmon,OCI Runtime (runc),"\n')  # DOCKER_HOST=podman
     found, _ = engine.probe()
-    assert (found.client, found.kind) == ("docker", "podman") and len(found.ulimits) == 4
+    assert (found.client, found.kind) == ("docker", "podman") and found.ulimits == engine.podman_ulimits()[0]
     assert found.describe() == "podman 4.3.1 through the docker client"
     fake_docker(tmp_path / "bin", 'exec podman "$@"\n')  # podman-docker's shim, with no podman behind it
     found, problem = engine.probe()

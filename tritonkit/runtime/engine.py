@@ -6,10 +6,9 @@ the client; else a Docker CLI whose engine answers, else podman. A Docker CLI ma
 podman service (DOCKER_HOST): the flags are those of the engine behind it, not of the client.
 
 Why the flags differ: Docker's daemon runs as root with every capability, so NGC's recommended
-`--ulimit memlock=-1` works. Podman sets the container's limits from the caller's process, which
-cannot raise a hard limit without CAP_SYS_RESOURCE, so tritonkit asks for no more than the
-caller's hard limits (and, because an explicit --ulimit replaces podman's defaults, passes nofile
-and nproc too). Podman ignores `--gpus`; it gives GPUs through CDI (`--device nvidia.com/gpu=...`),
+`--ulimit memlock=-1` works. Podman sets the container's limits from the caller's side, which
+cannot raise a hard limit without CAP_SYS_RESOURCE; there tritonkit passes no --ulimit (an
+explicit one replaces all of podman's configured defaults) and says so. Podman ignores `--gpus`; it gives GPUs through CDI (`--device nvidia.com/gpu=...`),
 which needs the NVIDIA CDI spec (`nvidia-ctk cdi generate`).
 """
 
@@ -17,7 +16,6 @@ from __future__ import annotations
 
 import os
 import re
-import resource
 import shutil
 import subprocess
 from dataclasses import dataclass, field
@@ -35,10 +33,8 @@ CDI_SPECS = (Path("/etc/cdi"), Path("/var/run/cdi"))
 
 # NGC's recommended limits; memlock -1 is "unlimited".
 DOCKER_ULIMITS = ("memlock=-1", "stack=67108864")
-# What podman would like (its own defaults for nofile/nproc), capped at the caller's hard limits.
-PODMAN_WANTED = {"memlock": -1, "stack": 67108864, "nofile": 1048576, "nproc": 4194304}
-RLIMITS = {"memlock": resource.RLIMIT_MEMLOCK, "stack": resource.RLIMIT_STACK,
-           "nofile": resource.RLIMIT_NOFILE, "nproc": resource.RLIMIT_NPROC}
+# podman's built-in defaults, restated because an explicit --ulimit replaces them.
+PODMAN_DEFAULT_ULIMITS = ("nofile=1048576:1048576", "nproc=4194304:4194304")
 
 
 def run_engine(argv: list[str], *, stream: bool = False, timeout: float | None = None,
@@ -75,23 +71,32 @@ class Engine:
 DOCKER = Engine(client="docker", kind="docker")
 
 
-def podman_ulimits(hard_limit: Callable[[int], int] | None = None) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """(--ulimit values, notes): PODMAN_WANTED capped at the caller's hard limits."""
-    hard_limit = hard_limit or (lambda which: resource.getrlimit(which)[1])
-    values, notes = [], []
-    for name, wanted in PODMAN_WANTED.items():
-        hard = hard_limit(RLIMITS[name])
-        unlimited = hard == resource.RLIM_INFINITY or hard < 0
-        if unlimited:
-            value = wanted
-        elif wanted == -1 or wanted > hard:
-            value = hard
-            if name == "memlock":
-                notes.append(f"memlock={hard} (not unlimited: podman cannot raise the caller's hard limit)")
-        else:
-            value = wanted
-        values.append(f"{name}={value}")  # one number sets soft and hard
-    return tuple(values), tuple(notes)
+def has_cap_sys_resource() -> bool:
+    """True when this process may raise hard limits (CAP_SYS_RESOURCE, bit 24 of CapEff)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("CapEff:"):
+                return bool(int(line.split()[1], 16) >> 24 & 1)
+    except (OSError, ValueError):
+        pass
+    return False
+
+
+def podman_ulimits(may_raise: bool | None = None) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(--ulimit values, notes) for podman.
+
+    An explicit --ulimit replaces all of podman's default_ulimits, and the container's limits are
+    set from the caller's side: without CAP_SYS_RESOURCE no hard limit can be raised (measured:
+    memlock=-1, nofile above the configured default, even nproc below the caller's own hard limit
+    fail). So: with the capability, NGC's limits plus podman's own nofile/nproc defaults; without
+    it, no --ulimit at all (podman's configured defaults apply), said.
+    """
+    if may_raise is None:
+        may_raise = has_cap_sys_resource()
+    if may_raise:
+        return DOCKER_ULIMITS + PODMAN_DEFAULT_ULIMITS, ()
+    return (), ("limits: podman's defaults (containers.conf default_ulimits), not NGC's memlock=-1 and "
+                "stack=67108864: without CAP_SYS_RESOURCE podman cannot raise a hard limit",)
 
 
 def _is_podman_shim(path: str | None) -> bool:
