@@ -12,6 +12,7 @@ the +cpu build) and bind-mounted into the build, so they stay out of the image's
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -124,10 +125,12 @@ class CpuImagePlan:
     deps_tag: str  # tritonkit-vllm-deps:<hash>
     deps_hash: str
     content_hash: str  # the final image's: the deps' hash + tritonkit's sources
+    fresh: bool = False  # --rebuild: no layer of an earlier build is reused
 
     def _build(self) -> list[str]:
         # podman writes OCI images by default, which drop HEALTHCHECK; NGC's image has one.
-        return [self.engine.client, "build"] + (["--format", "docker"] if self.engine.client == "podman" else [])
+        return ([self.engine.client, "build"] + (["--format", "docker"] if self.engine.client == "podman" else [])
+                + (["--no-cache"] if self.fresh else []))
 
     def deps_args(self, context: Path) -> list[str]:
         return [*self._build(), "-f", str(context / "Dockerfile.deps"), "-t", self.deps_tag,
@@ -231,7 +234,7 @@ def build_cpu_image(tag: str = CPU_IMAGE, say: Callable[[str], None] = lambda m:
     """Build (or find current) the CPU serving image; see the module's docstring."""
     started = time.monotonic()
     engine = engines.detect(runner)
-    plan = plan_cpu_image(engine, tag, runner)
+    plan = dataclasses.replace(plan_cpu_image(engine, tag, runner), fresh=rebuild)
     labels = image_labels(runner, engine.client, tag)
     if not rebuild and labels is not None and labels.get(CONTENT_LABEL) == plan.content_hash:
         say(f"{tag} is current (content {plan.content_hash[:16]}); nothing to build")
