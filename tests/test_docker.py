@@ -406,6 +406,8 @@ def test_run_args_on_podman(layout, monkeypatch, tmp_path):
     assert "--gpus" not in argv and "--device" not in argv  # podman ignores --gpus; no CDI spec here
     limits = [argv[i + 1] for i, a in enumerate(argv) if a == "--ulimit"]
     assert limits == list(engine.podman_ulimits()[0])
+    assert ("--no-healthcheck" in argv) == (not Path("/run/systemd/system").is_dir())  # podman's come from systemd
+    assert "--no-healthcheck" not in docker.run_args(ServerSpec(repository=layout["repo"]), "img")
     flags, notes = engine.run_flags(pod, "all")
     assert any("CDI" in n for n in notes)
     (tmp_path / "cdi").mkdir()

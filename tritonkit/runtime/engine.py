@@ -61,6 +61,7 @@ class Engine:
     version: str = ""
     ulimits: tuple[str, ...] = DOCKER_ULIMITS
     cdi_gpus: bool = False  # podman: an NVIDIA CDI spec is installed
+    healthchecks: bool = True  # podman runs an image's HEALTHCHECK through systemd timers only
     notes: tuple[str, ...] = field(default=())  # what was left out, and why
 
     def describe(self) -> str:
@@ -132,7 +133,9 @@ def _ask(runner: Runner, argv: list[str], timeout_s: float) -> tuple[str | None,
 def _podman_engine(client: str, version: str) -> Engine:
     ulimits, notes = podman_ulimits()
     cdi = any(spec.name.startswith("nvidia") for folder in CDI_SPECS if folder.is_dir() for spec in folder.iterdir())
-    return Engine(client=client, kind="podman", version=version, ulimits=ulimits, cdi_gpus=cdi, notes=notes)
+    systemd = Path("/run/systemd/system").is_dir()
+    return Engine(client=client, kind="podman", version=version, ulimits=ulimits, cdi_gpus=cdi, notes=notes,
+                  healthchecks=systemd)
 
 
 def probe(runner: Runner = run_engine, timeout_s: float = 10.0) -> tuple[Engine | None, str | None]:
@@ -209,4 +212,7 @@ def run_flags(engine: Engine, gpus: str) -> tuple[list[str], list[str]]:
     for value in engine.ulimits:
         flags += ["--ulimit", value]
     notes = list(engine.notes) + ([gpu_note] if gpu_note else [])
+    if not engine.healthchecks:  # else podman logs errors on every start
+        flags.append("--no-healthcheck")
+        notes.append("no HEALTHCHECK: podman runs it through systemd, which is not running here")
     return flags, notes
