@@ -530,3 +530,15 @@ def test_a_multi_line_error_keeps_its_cause():
            "  Value error, Invalid repository ID or local directory specified: '/w'.", "I1126 next"]
     assert docker.with_continuations(log[1], log) == log[1] + "\n" + log[2].strip()
     assert docker.with_continuations("I1126 next", log) == "I1126 next"
+
+
+def test_stale_images_are_removed_after_a_build():
+    plan = image.CpuImagePlan(engine=engine.DOCKER, tag="tritonkit-vllm:cpu", base="b", deps_tag="tritonkit-vllm-deps:new",
+                              deps_hash="n", content_hash="c")
+    runner = FakeRunner({"images --format": (0, "localhost/tritonkit-vllm-deps:old\ntritonkit-vllm-deps:new\n"
+                                                "tritonkit-vllm:cpu\nother/tritonkit-vllm-deps-x:1\n")})
+    said = []
+    image.remove_stale(plan, runner, said.append)
+    assert runner.calls[1:] == [["docker", "rmi", "localhost/tritonkit-vllm-deps:old"],
+                                ["docker", "image", "prune", "-f", "--filter", "label=tritonkit.content"]]
+    assert said == ["removed the stale localhost/tritonkit-vllm-deps:old"]

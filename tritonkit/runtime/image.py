@@ -250,4 +250,18 @@ def build_cpu_image(tag: str = CPU_IMAGE, say: Callable[[str], None] = lambda m:
     with tempfile.TemporaryDirectory(prefix="tritonkit-image-") as tmp:
         _image_context(Path(tmp))
         run_build(plan.image_args(Path(tmp)), say, f"{engine.client} build of {tag}")
+    remove_stale(plan, runner, say)
     return CpuImageResult(tag, True, deps_built, time.monotonic() - started)
+
+
+def remove_stale(plan: CpuImagePlan, runner: Runner, say: Callable[[str], None]) -> None:
+    """Drop what earlier builds left (other deps tags, untagged tritonkit images): each CI run
+    that changes tritonkit would otherwise leave an image behind, and a deps change 4 GB."""
+    res = runner([plan.engine.client, "images", "--format", "{{.Repository}}:{{.Tag}}"], timeout=60)
+    stale = [ref for ref in (res.stdout or "").split() if res.returncode == 0
+             and ref.rsplit(":", 1)[0].endswith(DEPS_REPO) and ref.rsplit(":", 1)[1] != plan.deps_tag.split(":")[1]]
+    for ref in stale:
+        runner([plan.engine.client, "rmi", ref], timeout=120)
+    runner([plan.engine.client, "image", "prune", "-f", "--filter", f"label={CONTENT_LABEL}"], timeout=300)
+    if stale:
+        say(f"removed the stale {', '.join(stale)}")
