@@ -7,7 +7,8 @@
 #
 # Here, once (network): bash perf/device_generator.sh prepare   # -> .whl/pa (perf_analyzer + libb64, ~18 MiB)
 # On the device, on the warm machine after `device_run.sh p1` and `p2` (vLLM installed, model built):
-#   run: bash perf/device_generator.sh run     carry: [".whl/pa", ".whl/p3"]   (p3: the pytriton wheel)
+#   run: bash perf/device_generator.sh run     carry: [".whl/pa"] (+ ".whl/p3", the pytriton wheel, unless
+#        device_run.sh p3 already installed the Triton runtime on this machine; mind the 64 MiB carry limit)
 # Output: $OUT/device_generator.log (the table at its end).
 set -u
 STEP=${1:-run}
@@ -36,8 +37,12 @@ export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVL
 exec > >(tee -a "$OUT/device_generator.log") 2>&1
 T0=$(date +%s)
 echo "== device_generator on $(hostname) at $(date -u +%FT%TZ); $(nproc) cores"
-[ -d .whl/p3/triton ] && cp -r .whl/p3/. "$STASH"/
-"$PY" -m tritonkit runtime --from-wheel "$STASH"/triton | tail -2
+# The Triton runtime: from .whl/p3 when carried, else the one device_run.sh p3 installed earlier.
+if [ -d .whl/p3/triton ]; then
+  cp -r .whl/p3/. "$STASH"/ && "$PY" -m tritonkit runtime --from-wheel "$STASH"/triton | tail -2
+else
+  "$PY" -m tritonkit runtime | head -2
+fi
 PA=$PWD/.whl/pa/perf_analyzer; chmod +x "$PA"
 LIBS=$(mktemp -d); cp .whl/pa/libb64.so.0d "$LIBS"/
 CUDART=$(ls "$TRITONKIT_HOME"/runtime/triton-*/lib/libcudart*.so.12* 2>/dev/null | head -1)
