@@ -22,12 +22,19 @@ import multiprocessing as mp
 import os
 import queue
 import signal
+import sys
 
 from tritonkit.errors import UsageError
 from tritonkit.perf.schedules import Load
 
 OPEN_LOOP_PER_WORKER = 400.0  # req/s one worker sends comfortably (auto)
-USERS_PER_WORKER = 64  # closed-loop users per worker (auto)
+# Closed-loop users per worker (auto). On an H100 at 128 users, 64 a worker left ~28 users
+# waiting inside the client (0.70x perf_analyzer's req/s at 27% of a core per worker): each
+# worker's gRPC reader threads and event loop queue for one GIL, so fewer users a process.
+USERS_PER_WORKER = 16
+# A thread that wants the GIL waits up to this long for the one holding it (CPython: 5 ms); with
+# a reader thread per stream and the event loop in one process, every response paid it.
+GIL_SWITCH_S = 0.0005
 FLUSH_S = 0.1
 
 
@@ -70,6 +77,7 @@ def uvloop_policy() -> None:
 def _worker_main(index: int, of: int, protocol: str, url: str, model: str, workload, spec,
                  commands, results, step_end, stop) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    sys.setswitchinterval(GIL_SWITCH_S)
     uvloop_policy()
     try:
         asyncio.run(_serve(index, of, protocol, url, model, workload, spec, commands, results, step_end, stop))
