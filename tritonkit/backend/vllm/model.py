@@ -39,7 +39,8 @@ import triton_python_backend_utils as pb_utils
 ENGINE_START_TIMEOUT_S = float(os.environ.get("TRITONKIT_ENGINE_START_TIMEOUT", "1800"))
 HEALTH_TIMEOUT_S = 10.0
 WATCH_S = 0.1
-HANG_TIMEOUT_S = float(os.environ.get("TRITONKIT_ENGINE_HANG_TIMEOUT_S", "10"))
+# Generous: the engine's event loop also tokenizes, and a loaded 2-core machine stalled it 5 s.
+HANG_TIMEOUT_S = float(os.environ.get("TRITONKIT_ENGINE_HANG_TIMEOUT_S", "30"))
 MAX_RESTARTS = int(os.environ.get("TRITONKIT_ENGINE_MAX_RESTARTS", "3"))
 RESTART_WINDOW_S = 600.0
 LOG_TAIL_LINES = 6
@@ -277,7 +278,7 @@ class TritonPythonModel:
                 pass
 
     def _tail(self):
-        self.log_pump.join(0.5)  # the last lines of a dead engine may still be in the pipe
+        self.log_pump.join(0.2)  # the last lines of a dead engine may still be in the pipe
         lines = [line for line in self.log_tail if line.strip()]
         return "\n".join(lines[-LOG_TAIL_LINES:]) or "(no output)"
 
@@ -386,18 +387,16 @@ class TritonPythonModel:
         """Unload this model (Triton then reports it not ready) and leave its reload to a helper
         process. False where Triton refuses (model control mode is not explicit)."""
         try:
-            reloader = self._spawn_reloader()
-        except Exception as err:
-            self.logger.log_warn(f"[vllm] cannot start the reloader ({err}); restarting in place")
-            return False
-        try:
             pb_utils.unload_model(self.model_name)  # does not wait for the unload
         except Exception as err:
-            reloader.kill()
-            reloader.wait()
             self.logger.log_warn(f"[vllm] cannot unload {self.model_name} ({err}), so Triton keeps reporting it "
                                  "ready while its engine restarts (start Triton with --model-control-mode=explicit)")
             return False
+        try:
+            self._spawn_reloader()  # the stub lives on until Triton finalizes it: time enough
+        except Exception as err:
+            self.logger.log_error(f"[vllm] unloaded {self.model_name} but cannot start the reloader: {err}")
+            return True
         self.logger.log_warn(f"[vllm] unloaded {self.model_name}; it is loaded again with a new engine")
         return True
 
