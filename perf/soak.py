@@ -60,12 +60,33 @@ def _read(pid: int) -> tuple[str, int] | None:
     return cmd, rss_pages * PAGE
 
 
+def server_pids(server_pgid: int) -> set[int]:
+    """The server's process group (orphans stay in it) and every descendant of the server, also
+    those in groups of their own (a supervised engine gets its own group, to be killed whole)."""
+    parents: dict[int, list[int]] = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                ppid = int(Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            parents.setdefault(ppid, []).append(int(d))
+    found, todo, seen = set(group_members(server_pgid)), [server_pgid], set()
+    while todo:
+        pid = todo.pop()
+        if pid not in seen:
+            seen.add(pid)
+            found.update(parents.get(pid, []))
+            todo.extend(parents.get(pid, []))
+    return found
+
+
 def sample_rss(client_pid: int | None, server_pgid: int) -> dict[str, float]:
     """MiB by role (0 where no process of that role runs)."""
     mib = {r: 0.0 for r in ROLES}
     if client_pid is not None and (got := _read(client_pid)):
         mib["client"] = got[1] / 2**20
-    for pid in group_members(server_pgid):
+    for pid in server_pids(server_pgid):
         got = _read(pid)
         role = role_of(got[0]) if got else None
         if role:
@@ -74,7 +95,7 @@ def sample_rss(client_pid: int | None, server_pgid: int) -> dict[str, float]:
 
 
 def engine_pids(server_pgid: int) -> list[int]:
-    return [p for p in group_members(server_pgid) if (got := _read(p)) and role_of(got[0]) == "engine"]
+    return [p for p in server_pids(server_pgid) if (got := _read(p)) and role_of(got[0]) == "engine"]
 
 
 def flatness(samples: list[dict], warmup_s: float, kill_t: float | None) -> dict[str, dict]:

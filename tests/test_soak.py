@@ -35,6 +35,19 @@ def test_processes_are_sorted_into_roles(soak):
     assert soak.role_of("/bin/bash") is None
 
 
+def test_server_processes_include_descendants_in_groups_of_their_own(soak):
+    """A supervised engine runs in its own process group: it is still the server's."""
+    import subprocess as sp
+
+    child = sp.Popen([sys.executable, "-c", "import time; time.sleep(30)"], start_new_session=True)
+    try:
+        assert child.pid in soak.server_pids(os.getpgid(0)) or child.pid in soak.server_pids(os.getpid())
+        assert os.getpgid(child.pid) != os.getpgid(0)
+    finally:
+        child.kill()
+        child.wait()
+
+
 def test_rss_of_a_live_process(soak):
     mib = soak.sample_rss(os.getpid(), os.getpgid(0))
     assert mib["client"] > 10 and set(mib) == set(soak.ROLES)
