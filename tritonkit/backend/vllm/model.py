@@ -498,7 +498,10 @@ class TritonPythonModel:
         request_id = None
         try:
             options = self._options(request)
-            prompt = pb_utils.get_input_tensor_by_name(request, "text_input").as_numpy().reshape(-1)[0]
+            tensor = pb_utils.get_input_tensor_by_name(request, "text_input")
+            if tensor is None:  # the official backend fails here with "'NoneType' object has no attribute"
+                raise ValueError("the request has no text_input (a BYTES tensor of shape [1])")
+            prompt = tensor.as_numpy().reshape(-1)[0]
             prompt = prompt.decode("utf-8") if isinstance(prompt, bytes) else str(prompt)
             request_id = f"{request.request_id() or uuid.uuid4().hex}-{uuid.uuid4().hex[:8]}"  # unique in the engine
             queue = self.pending[request_id] = asyncio.Queue()
