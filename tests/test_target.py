@@ -49,7 +49,8 @@ def test_url_name_and_repository_pick_their_server(servers, tmp_path):
 
 def test_no_server_defaults_to_model_repository_here(tritonkit_home, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert target.resolve("grpc") == target.Target(None, None, None)
+    assert target.resolve("grpc") == target.Target(None, "grpc", None, None)
+    assert target.resolve(None).protocol == "grpc"  # no server: Triton's gRPC
     (tmp_path / "model_repository").mkdir()
     assert target.resolve("grpc").repository == target.Path("model_repository")
     assert target.resolve("grpc", url="127.0.0.1:7001").repository is None  # not a server tritonkit started
@@ -72,3 +73,14 @@ def test_perf_and_generate_agree(servers, tmp_path):
 
     found, model = _target(None, None, None, "grpc")
     assert (found.url, model) == (plan.url, plan.model)
+
+
+def test_the_default_protocol_is_the_servers_api(tritonkit_home, tmp_path, monkeypatch):
+    """A vllm or ray server speaks OpenAI: generate and perf pick it when --protocol is not given."""
+    monkeypatch.setattr(target, "_alive", lambda r: True)
+    openai_server = record("v", 9200, tmp_path / "repo-v")
+    openai_server.runtime, openai_server.api = "vllm", "openai"
+    state.save(openai_server)
+    found = target.resolve(None)
+    assert (found.protocol, found.url) == ("openai", "http://127.0.0.1:9200")
+    assert target.resolve("grpc").protocol == "grpc"  # an explicit choice stands

@@ -22,6 +22,7 @@ DEFAULT_REPOSITORY = "model_repository"  # build's -o and serve's -r default
 @dataclass(frozen=True)
 class Target:
     record: state.ServerRecord | None  # the tritonkit server, when it is one
+    protocol: str                      # what the client speaks to it: grpc, http or openai
     url: str | None                    # where the client connects (None: the protocol's default)
     repository: Path | None            # the model repository behind it, when known
 
@@ -76,9 +77,12 @@ def server_url(record: state.ServerRecord, protocol: str) -> str:
     return record.http_url if protocol == "http" else f"http://{record.http_url}"
 
 
-def resolve(protocol: str, name: str | None = None, url: str | None = None,
+def resolve(protocol: str | None, name: str | None = None, url: str | None = None,
             repository: str | Path | None = None) -> Target:
+    """protocol None: the server's own API (openai for the vllm and ray runtimes), else grpc."""
     record = find_server(name, url, repository)
+    if protocol is None:
+        protocol = "openai" if record is not None and record.api == "openai" else "grpc"
     if not url and record is not None:
         url = server_url(record, protocol)
     if repository:
@@ -89,4 +93,4 @@ def resolve(protocol: str, name: str | None = None, url: str | None = None,
         repo = None  # a server tritonkit did not start: ./model_repository says nothing about it
     else:
         repo = Path(DEFAULT_REPOSITORY) if Path(DEFAULT_REPOSITORY).is_dir() else None
-    return Target(record, url, repo)
+    return Target(record, protocol, url, repo)

@@ -43,8 +43,9 @@ def _random_weights(found, model: str) -> bool:
 @click.option("--model", "-m", default=None, help="Model name [default: the server's only model].")
 @click.option("--url", default=None, help="Server address [default: the running tritonkit server's].")
 @click.option("--name", default=None, help="Which running tritonkit server (see `tritonkit status`).")
-@click.option("--protocol", type=click.Choice(["grpc", "http", "openai"]), default="grpc", show_default=True,
-              help="grpc: Triton's streaming gRPC; http: Triton's /generate_stream; openai: /v1/completions.")
+@click.option("--protocol", type=click.Choice(["grpc", "http", "openai"]), default=None,
+              help="grpc: Triton's streaming gRPC; http: Triton's /generate_stream; openai: /v1/completions "
+                   "[default: the server's API: openai for the vllm and ray runtimes, else grpc].")
 @click.option("--max-tokens", default=64, show_default=True, type=click.IntRange(min=1),
               help="Most tokens to generate (fewer where the model ends its answer).")
 @click.option("--temperature", default=None, type=click.FloatRange(min=0.0),
@@ -73,7 +74,7 @@ def generate(prompt, model, url, name, protocol, max_tokens, temperature, top_p,
         sys.stdout.write(text)
         sys.stdout.flush()
 
-    summary = asyncio.run(run(protocol, found.url, model, prompt, sampling, lora_name, on_text=show))
+    summary = asyncio.run(run(found.protocol, found.url, model, prompt, sampling, lora_name, on_text=show))
     click.echo()
     if _random_weights(found, model):
         click.echo(f"note: {model} has RANDOM weights, so its text is gibberish by design; "

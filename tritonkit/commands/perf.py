@@ -16,8 +16,9 @@ from tritonkit.errors import Interrupted, ServerError
 @click.option("--url", default=None, help="Server address [default: the running tritonkit server's, else 127.0.0.1:8001 "
                                           "for grpc, 127.0.0.1:8000 for http and openai].")
 @click.option("--name", default=None, help="Which running tritonkit server (see `tritonkit status`).")
-@click.option("--protocol", type=click.Choice(["grpc", "http", "openai"]), default="grpc", show_default=True,
-              help="grpc: Triton's streaming gRPC; http: Triton's /generate_stream; openai: /v1/completions.")
+@click.option("--protocol", type=click.Choice(["grpc", "http", "openai"]), default=None,
+              help="grpc: Triton's streaming gRPC; http: Triton's /generate_stream; openai: /v1/completions "
+                   "[default: the server's API: openai for the vllm and ray runtimes, else grpc].")
 @click.option("--preset", default=None, help="Workload preset (classification, chat: shipped from perf/presets/) or a JSON file of that shape.")
 @click.option("--rate", default=None, help="Constant request rate (req/s); a list (1,2,4) or range (2:10:2) sweeps; "
               "'auto' searches for the highest rate meeting the SLO (a closed-loop probe, then bisection to 5%).")

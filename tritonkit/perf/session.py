@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime
 import json
 import sys
@@ -39,7 +40,7 @@ class Options:
     model: str | None = None
     url: str | None = None
     name: str | None = None  # a recorded tritonkit server (tritonkit status)
-    protocol: str = "grpc"
+    protocol: str | None = None  # None: the server's own API (target.resolve decides)
     preset: str | None = None
     rate: str | None = None  # one value, or a list/range for a sweep
     poisson: str | None = None
@@ -89,7 +90,7 @@ class Plan:
 def _validate(opts: Options) -> None:
     from tritonkit.client import PROTOCOLS
 
-    if opts.protocol not in PROTOCOLS:
+    if opts.protocol is not None and opts.protocol not in PROTOCOLS:
         raise UsageError(f"unknown protocol {opts.protocol!r}", f"use one of: {', '.join(PROTOCOLS)}")
     for name, value in (("--duration", opts.duration_s), ("--timeout", opts.timeout_s), ("--window", opts.window_s),
                         ("--max-step", opts.max_step_s)):
@@ -182,6 +183,8 @@ def _metrics_url(opts: Options, target: Target) -> str | None:
 
     if opts.metrics_url:
         return None if opts.metrics_url == "none" else opts.metrics_url
+    if target.record is not None and target.record.runtime == "ray":
+        return None  # Ray's proxy serves no /metrics; its nodes export vLLM's metrics renamed ray_vllm_*
     if opts.protocol == "openai":
         return (target.url or "http://127.0.0.1:8000").rstrip("/").removesuffix("/v1") + "/metrics"
     if target.record is not None:
@@ -230,6 +233,7 @@ def resolve(opts: Options, say=lambda m: print(m, file=sys.stderr)) -> Plan:
     loads, is_sweep = _loads(opts, preset)
     bounds = slo.parse(opts.slo if opts.slo is not None else preset.slo)
     target = _target(opts)
+    opts = dataclasses.replace(opts, protocol=target.protocol)
     build = _build_record(opts, target)
     model = _model(opts, build, target)
     if target.record is not None and not (opts.url or opts.name):  # found, not named: say which
