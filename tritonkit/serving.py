@@ -39,13 +39,15 @@ def runtime_env(built: list[BuildRecord]) -> dict[str, str]:
     return env
 
 
-def choose_runtime(requested: str) -> str:
+def choose_runtime(requested: str, builds: list[BuildRecord] = ()) -> str:
+    """auto: the container runtime where an engine answers and the builds' image (the CPU image
+    for cpu-profile builds, else NGC's) is on the machine; else local."""
     if requested != "auto":
         server_class(requested)  # an unknown name is a UsageError here
         return requested
     from tritonkit.runtime.docker import docker_available
 
-    return "docker" if docker_available() else "local"
+    return "docker" if docker_available(builds) else "local"
 
 
 def make_server(spec: ServerSpec, runtime: str, options: RuntimeOptions | None = None) -> Server:
@@ -53,7 +55,7 @@ def make_server(spec: ServerSpec, runtime: str, options: RuntimeOptions | None =
     models = models_in(spec.repository)
     built = buildrecord.load_all(spec.repository, models)
     spec.env = {**runtime_env(built), **spec.env}
-    return server_class(choose_runtime(runtime))(spec, built, options or RuntimeOptions())
+    return server_class(choose_runtime(runtime, built))(spec, built, options or RuntimeOptions())
 
 
 def start(spec: ServerSpec, runtime: str, timeout_s: float, options: RuntimeOptions | None = None,

@@ -39,12 +39,12 @@ PASSTHROUGH = ("HF_TOKEN",)  # forwarded by name when set in the caller's enviro
 run_docker = run_engine  # the default runner (older name)
 
 
-def docker_available(runner: Runner = run_engine) -> bool:
-    """For `--runtime auto`: an engine answers and a tritonkit serving image is on the machine."""
+def docker_available(builds=(), runner: Runner = run_engine) -> bool:
+    """For `--runtime auto`: an engine answers and the image these builds would run is on the machine."""
     engine, _ = engines.probe(runner, timeout_s=5.0)
     if engine is None:
         return False
-    return any(image_labels(runner, engine.client, tag) is not None for tag in (default_image(), CPU_IMAGE))
+    return image_labels(runner, engine.client, image_for(list(builds), RuntimeOptions())) is not None
 
 
 def require_docker(runner: Runner = run_engine) -> Engine:
