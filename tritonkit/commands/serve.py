@@ -90,12 +90,18 @@ def _autoscale(text: str | None) -> tuple[int, int] | None:
     return parse_autoscale(text)
 
 
-def _ready(record) -> bool:
-    """Triton: its health endpoint; an OpenAI server: its model list."""
-    from tritonkit.runtime.health import http_status
+def _ready(record) -> tuple[bool, str]:
+    """Triton: every model's own ready endpoint (an engine restarting unloads its model), with the
+    repository index's reason for one that is down; an OpenAI server: its model list."""
+    from tritonkit.runtime.health import http_status, model_states
 
-    path = "/v1/models" if record.api == "openai" else "/v2/health/ready"
-    return http_status(f"http://{record.http_url}{path}") == 200
+    if record.api == "openai":
+        return http_status(f"http://{record.http_url}/v1/models") == 200, ""
+    down = [m for m in record.models if http_status(f"http://{record.http_url}/v2/models/{m}/ready") != 200]
+    if not down:
+        return True, ""
+    states = model_states(record.http_url)
+    return False, "; ".join(f"{m}: {states.get(m, 'not in the repository index')}" for m in down)
 
 
 @click.command()
@@ -112,8 +118,9 @@ def status(name, as_json):
     rows = []
     for r in records:
         alive = serving.record_alive(r)
-        ready = alive and _ready(r)
-        rows.append({"name": r.name, "runtime": r.runtime, "api": r.api, "alive": alive, "ready": ready, "pid": r.pid,
+        ready, why = _ready(r) if alive else (False, "")
+        rows.append({"name": r.name, "runtime": r.runtime, "api": r.api, "alive": alive, "ready": ready, "why": why,
+                     "pid": r.pid,
                      "grpc": r.grpc_url, "http": r.http_url, "models": r.models, "repository": r.repository,
                      "uptime_s": round(time.time() - r.started_at, 1), "log": r.log_path})
     if as_json:
@@ -123,7 +130,8 @@ def status(name, as_json):
         click.echo("no tritonkit server is running")
         return
     for row in rows:
-        health = "ready" if row["ready"] else ("alive, not ready" if row["alive"] else "dead (stale record)")
+        health = "ready" if row["ready"] else (f"alive, not ready ({row['why'] or 'starting'})" if row["alive"]
+                                               else "dead (stale record)")
         click.echo(f"{row['name']}: {health}, {row['runtime']} runtime, grpc {row['grpc']}, http {row['http']}, "
                    f"models {', '.join(row['models'])}, up {row['uptime_s']:.0f} s")
 

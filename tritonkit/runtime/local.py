@@ -38,7 +38,10 @@ def install_vllm_backend(install: TritonInstall) -> Path:
     return target
 
 
-def server_command(spec: ServerSpec, install: TritonInstall) -> list[str]:
+def server_command(spec: ServerSpec, install: TritonInstall, models: list[str] | None = None) -> list[str]:
+    """`models`: load exactly these under explicit model control, which the backend's supervision
+    needs (Triton 2.51 lets a Python model report not ready only by being unloaded, then reloaded)."""
+    explicit = ["--model-control-mode=explicit", *(f"--load-model={m}" for m in models)] if models else []
     return [
         str(install.server_bin),
         f"--model-repository={spec.repository}",
@@ -51,6 +54,7 @@ def server_command(spec: ServerSpec, install: TritonInstall) -> list[str]:
         f"--exit-timeout-secs={spec.exit_timeout_s}",
         f"--backend-config=python,shm-region-prefix-name={spec.shm_prefix}",
         f"--log-verbose={spec.log_verbose}",
+        *explicit,
     ]
 
 
@@ -114,7 +118,7 @@ class LocalServer(Server):
         # The stub embeds Python in isolated mode (PYTHONPATH is ignored) with the working
         # directory first on sys.path: running the server in stub-site gives the stub numpy<2.
         self.proc = subprocess.Popen(
-            server_command(self.spec, self.install), env=server_env(self.spec, self.install),
+            server_command(self.spec, self.install, repository_models(self.spec.repository)), env=server_env(self.spec, self.install),
             cwd=self.install.stub_site, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True,  # its own process group, so stop() reaches every child
         )
@@ -145,6 +149,10 @@ class LocalServer(Server):
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def repository_models(repository: Path) -> list[str]:
+    return sorted(p.name for p in repository.iterdir() if (p / "config.pbtxt").is_file())
 
 
 def pid_alive(pid: int) -> bool:
