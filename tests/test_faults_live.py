@@ -36,9 +36,25 @@ def ports() -> list[str]:
     return ["--http-port", str(free_port()), "--grpc-port", str(free_port()), "--metrics-port", str(free_port())]
 
 
+def descendants(root: int) -> list[int]:
+    """Every process below `root` (the supervised engine runs in a process group of its own)."""
+    parent = {}
+    for entry in os.listdir("/proc"):
+        try:
+            parent[int(entry)] = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (ValueError, OSError, IndexError):
+            continue
+    found, frontier = [], [root]
+    while frontier:
+        children = [pid for pid, ppid in parent.items() if ppid in frontier]
+        found += children
+        frontier = children
+    return found
+
+
 def engine_pids(pgid: int) -> list[int]:
     found = []
-    for pid in group_members(pgid):
+    for pid in sorted(set(group_members(pgid)) | set(descendants(pgid))):
         try:
             cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
         except OSError:
@@ -136,8 +152,12 @@ def test_perf_onto_a_full_disk_is_one_line_and_keeps_whole_lines(server, tmp_pat
 def test_engine_killed_mid_run_failures_counted_by_kind_and_readiness_reported(server, tmp_path):
     out = tmp_path / "engine-kill"
     perf = tk(*perf_args(server, out, "--rate", "4", "--duration", "16", "--timeout", "8", "--json"))
-    time.sleep(6)
-    assert perf.poll() is None
+    # Kill only once the run is under way: perf's start (imports, tokenizer) can take seconds here,
+    # and a model already reloading by then fails its pre-flight check instead.
+    deadline = time.monotonic() + 60
+    while not (out.joinpath("requests.jsonl").is_file() and len(out.joinpath("requests.jsonl").read_text().splitlines()) > 4):
+        assert perf.poll() is None and time.monotonic() < deadline, "perf did not get under way"
+        time.sleep(0.2)
     victims = engine_pids(server.pid)
     assert victims, "no engine process found in the server's process group"
     for pid in victims:
@@ -170,6 +190,9 @@ def test_engine_killed_mid_run_failures_counted_by_kind_and_readiness_reported(s
     stop = subprocess.run([*TRITONKIT, *perf_args(server, tmp_path / "stop", "--rate", "4", "--duration", "10",
                                                   "--timeout", "8", "--on-error", "stop", "--json")],
                           capture_output=True, text=True, timeout=120)
+    if not stop.stdout:  # the supervised engine is restarting: perf refuses to start, in one line
+        assert stop.returncode == 4 and "is not ready" in stop.stderr and "Traceback" not in stop.stderr
+        return
     second = json.loads(stop.stdout)
     if second["faults"]["failed"]:
         assert stop.returncode == 4 and "--on-error stop" in stop.stderr
