@@ -203,8 +203,7 @@ class DockerServer(Server):
 
     @classmethod
     def attach(cls, record) -> "DockerServer":
-        spec = ServerSpec(repository=Path(record.repository), name=record.name, host=record.host,
-                          http_port=record.http_port, grpc_port=record.grpc_port, metrics_port=record.metrics_port)
+        spec = ServerSpec.from_record(record)
         server = cls(spec)
         server.name = record.container or server.name
         return server

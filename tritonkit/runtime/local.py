@@ -11,7 +11,6 @@ import sys
 import time
 from collections import deque
 from pathlib import Path
-from typing import Callable
 
 from tritonkit.errors import ServerError
 from tritonkit.paths import home
@@ -89,10 +88,7 @@ class LocalServer(Server):
 
     @classmethod
     def attach(cls, record) -> "LocalServer":
-        from tritonkit.runtime.spec import ServerSpec as Spec
-
-        server = cls(Spec(repository=Path(record.repository), name=record.name, host=record.host,
-                          http_port=record.http_port, grpc_port=record.grpc_port, metrics_port=record.metrics_port))
+        server = cls(ServerSpec.from_record(record))
         server.pid = record.pid
         if record.log_path:
             server.log_file = Path(record.log_path)

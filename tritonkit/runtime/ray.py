@@ -130,8 +130,7 @@ class RayServer(Server):
 
     @classmethod
     def attach(cls, record) -> "RayServer":
-        spec = ServerSpec(repository=Path(record.repository), name=record.name, host=record.host,
-                          http_port=record.http_port, grpc_port=record.grpc_port, metrics_port=record.metrics_port)
+        spec = ServerSpec.from_record(record)
         server = cls(spec, options=RuntimeOptions(address=record.address))
         server.head_pid = record.pid
         saved = cls._load_state(server.dir)

@@ -26,6 +26,12 @@ class ServerSpec:
     exit_timeout_s: int = 5
     log_verbose: int = 0
 
+    @classmethod
+    def from_record(cls, record) -> "ServerSpec":
+        """The spec of a recorded server (runtime.state.ServerRecord), for Server.attach."""
+        return cls(repository=Path(record.repository), name=record.name, host=record.host,
+                   http_port=record.http_port, grpc_port=record.grpc_port, metrics_port=record.metrics_port)
+
     @property
     def ports(self) -> dict[str, int]:
         return {"http": self.http_port, "grpc": self.grpc_port, "metrics": self.metrics_port}

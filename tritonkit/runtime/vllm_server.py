@@ -59,9 +59,7 @@ class VllmServer(Server):
 
     @classmethod
     def attach(cls, record) -> VllmServer:
-        server = cls(ServerSpec(repository=Path(record.repository), name=record.name, host=record.host,
-                                http_port=record.http_port, grpc_port=record.grpc_port,
-                                metrics_port=record.metrics_port))
+        server = cls(ServerSpec.from_record(record))
         server.pid = record.pid
         if record.log_path:
             server.log_file = Path(record.log_path)
