@@ -73,21 +73,18 @@ def server_env(spec: ServerSpec, install: TritonInstall) -> dict[str, str]:
     return env
 
 
-class LocalServer(Server):
-    """One tritonserver process (and its process group: stubs and vLLM engines)."""
+class ProcessGroupServer(Server):
+    """A server that is one process leading its own process group, logging to one file: found
+    again by its pid (local Triton, vLLM's OpenAI server)."""
 
-    runtime = "local"
-
-    def __init__(self, spec: ServerSpec, builds=(), options: RuntimeOptions | None = None,
-                 install: TritonInstall | None = None):
+    def __init__(self, spec: ServerSpec, builds=(), options: RuntimeOptions | None = None):
         super().__init__(spec, list(builds), options or RuntimeOptions())
-        self.install = install
         self.proc: subprocess.Popen | None = None
         self.pid: int | None = None
         self.log_file = server_dir(spec.name) / "server.log"
 
     @classmethod
-    def attach(cls, record) -> "LocalServer":
+    def attach(cls, record):
         server = cls(ServerSpec.from_record(record))
         server.pid = record.pid
         if record.log_path:
@@ -99,6 +96,22 @@ class LocalServer(Server):
 
     def log_path(self) -> str | None:
         return str(self.log_file)
+
+    def is_alive(self) -> bool:
+        if self.proc is not None:
+            return self.proc.poll() is None
+        return self.pid is not None and group_alive(self.pid)
+
+
+class LocalServer(ProcessGroupServer):
+    """One tritonserver process (and its process group: stubs and vLLM engines)."""
+
+    runtime = "local"
+
+    def __init__(self, spec: ServerSpec, builds=(), options: RuntimeOptions | None = None,
+                 install: TritonInstall | None = None):
+        super().__init__(spec, builds, options)
+        self.install = install
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -120,11 +133,6 @@ class LocalServer(Server):
         )
         log.close()
         self.pid = self.proc.pid
-
-    def is_alive(self) -> bool:
-        if self.proc is not None:
-            return self.proc.poll() is None
-        return self.pid is not None and group_alive(self.pid)
 
     def wait_ready(self, models: list[str], timeout_s: float = 600, on_progress: Progress | None = None) -> float:
         return wait_http_ready(self.spec.http_url, models, timeout_s, self.is_alive, self.logs, on_progress)

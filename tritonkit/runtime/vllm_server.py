@@ -16,12 +16,11 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 from tritonkit.errors import ServerError, UsageError
-from tritonkit.runtime.base import Progress, RuntimeOptions, Server
+from tritonkit.runtime.base import Progress, RuntimeOptions
 from tritonkit.runtime.health import http_status
-from tritonkit.runtime.local import group_alive, relevant_log_lines, server_dir, stop_group
+from tritonkit.runtime.local import ProcessGroupServer, relevant_log_lines, stop_group
 from tritonkit.runtime.spec import ServerSpec, check_ports_free
 
 ENTRY = "vllm.entrypoints.openai.api_server"
@@ -43,33 +42,16 @@ def completion_ok(base_url: str, model: str, timeout_s: float = 30.0) -> tuple[b
     return (True, "") if choices else (False, f"no choices in {str(answer)[:200]}")
 
 
-class VllmServer(Server):
+class VllmServer(ProcessGroupServer):
     """One `python -m vllm.entrypoints.openai.api_server` process group serving one build."""
 
     runtime = "vllm"
     api = "openai"
 
     def __init__(self, spec: ServerSpec, builds=(), options: RuntimeOptions | None = None):
-        super().__init__(spec, list(builds), options or RuntimeOptions())
-        self.proc: subprocess.Popen | None = None
-        self.pid: int | None = None
-        self.log_file = server_dir(spec.name) / "server.log"
+        super().__init__(spec, builds, options)
         self.pinning = None  # tritonkit.compare.pinning.Pinning, once started
         self.command_line: list[str] = []
-
-    @classmethod
-    def attach(cls, record) -> VllmServer:
-        server = cls(ServerSpec.from_record(record))
-        server.pid = record.pid
-        if record.log_path:
-            server.log_file = Path(record.log_path)
-        return server
-
-    def handle(self) -> dict:
-        return {"pid": self.pid}
-
-    def log_path(self) -> str | None:
-        return str(self.log_file)
 
     @property
     def base_url(self) -> str:
@@ -113,11 +95,6 @@ class VllmServer(Server):
                                          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                          start_new_session=True)  # its own group: stop() reaches the engine
         self.pid = self.proc.pid
-
-    def is_alive(self) -> bool:
-        if self.proc is not None:
-            return self.proc.poll() is None
-        return self.pid is not None and group_alive(self.pid)
 
     def wait_ready(self, models: list[str], timeout_s: float = 600, on_progress: Progress | None = None) -> float:
         start = time.monotonic()
