@@ -313,7 +313,16 @@ def test_vllm_metrics_with_model_and_version_labels(server, plain):
     for prompt in prompts:
         inputs = inputs_for(prompt=prompt, sampling=BASE_SAMPLING, return_num_input_tokens=True)
         prompt_tokens += int(results(infer(server, inputs))[0].as_numpy("num_input_tokens")[0])
-    after = scrape(server)
+    # vLLM's stats for a request come after its final response (as in the official backend): wait
+    # for the last request's histograms instead of racing them.
+    deadline = time.monotonic() + 10
+    while True:
+        after = scrape(server)
+        done = after.get('vllm:e2e_request_latency_seconds_count{model="tiny",version="1"}', 0.0)
+        if done - before.get('vllm:e2e_request_latency_seconds_count{model="tiny",version="1"}', 0.0) >= len(prompts) \
+                or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
 
     def grew(name, labels='{model="tiny",version="1"}'):
         return after[name + labels] - before.get(name + labels, 0.0)

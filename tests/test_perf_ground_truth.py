@@ -3,7 +3,8 @@
 The model streams max_tokens chunks: the first FIRST ms after the request reaches it, the rest
 GAP ms apart. So TTFT = FIRST, ITL = TPOT = GAP, E2E = FIRST + (K - 1) * GAP, plus the path
 through the client, gRPC and Triton's Python backend (a few ms here). Stated tolerances:
-  median TTFT and E2E: known value + [0, 10 ms]; p99: + 25 ms (two shared cores in CI)
+  median TTFT and E2E: known value + [0, 10 ms]; p90: + 25 ms; p99: + 50 ms (two shared cores in
+  CI: one request in fifty may wait a scheduler slice or two behind the server's own threads)
   median ITL: GAP +- 3 ms; mean TPOT: GAP +- 2 ms
 Also the failure paths of the CLI: server killed mid-run, Ctrl-C, bad flags.
 """
@@ -33,7 +34,7 @@ from tritonkit.runtime.spec import ServerSpec, free_port
 REPO = Path(__file__).resolve().parent.parent / "perf" / "ground_truth_repo"
 FIRST, GAP, K = 0.050, 0.020, 5
 E2E = FIRST + (K - 1) * GAP
-MEDIAN_TOL, P99_TOL = 0.010, 0.025
+MEDIAN_TOL, P90_TOL, P99_TOL = 0.010, 0.025, 0.050
 
 
 def _start(name: str) -> LocalServer:
@@ -70,9 +71,9 @@ def _run(server, loads, protocol="grpc", **spec_kw):
 def _check_timing(step):
     s = step.summaries
     assert FIRST <= s["ttft"].p50 <= FIRST + MEDIAN_TOL, s["ttft"]
-    assert s["ttft"].p99 <= FIRST + P99_TOL, s["ttft"]
+    assert s["ttft"].p90 <= FIRST + P90_TOL and s["ttft"].p99 <= FIRST + P99_TOL, s["ttft"]
     assert E2E <= s["e2e"].p50 <= E2E + MEDIAN_TOL, s["e2e"]
-    assert s["e2e"].p99 <= E2E + P99_TOL, s["e2e"]
+    assert s["e2e"].p90 <= E2E + P90_TOL and s["e2e"].p99 <= E2E + P99_TOL, s["e2e"]
     assert s["itl"].p50 == pytest.approx(GAP, abs=0.003), s["itl"]
     assert s["tpot"].mean == pytest.approx(GAP, abs=0.002), s["tpot"]
     assert s["itl"].count == step.ok * (K - 1)

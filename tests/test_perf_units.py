@@ -257,6 +257,17 @@ def test_server_metrics_diff():
     assert server_metrics.diff(None, after) == {}
 
 
+
+def test_scrape_settled_waits_for_late_counters(monkeypatch):
+    # The server counts the last request's tokens a moment after its final response.
+    pages = iter(['vllm:generation_tokens_total{model="m"} %d\nnv_inference_pending_request_count{model="m"} %d\n'
+                  % (n, n) for n in (500, 503, 504, 504, 504)])
+    seen = []
+    monkeypatch.setattr(server_metrics, "scrape", lambda url, model=None: seen.append(url) or server_metrics.parse(next(pages)))
+    settled = server_metrics.scrape_settled("http://metrics", pause_s=0.0)
+    assert settled['vllm:generation_tokens_total{model="m"}'] == 504 and len(seen) == 4
+    assert server_metrics.scrape_settled(None) is None
+
 def test_reports_are_written(tmp_path):
     bounds = slo.parse("e2e:p90<=1s")
     steps = []

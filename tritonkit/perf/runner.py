@@ -245,7 +245,7 @@ class Runner:
             for rec in kept:
                 if measured_from <= rec.intended < end:
                     agg.add(rec)
-        after = await asyncio.to_thread(server_metrics.scrape, spec.metrics_url, self.client.model)
+        after = await asyncio.to_thread(server_metrics.scrape_settled, spec.metrics_url, self.client.model)
         result = agg.result(load.label, load.kind, load.value, measured_from, end)
         result.stable, result.windows = stable, [w.to_dict(t0) for w in windows]
         parts = worker_use or [(own.cpu_s - own0.cpu_s, own.wait_s - own0.wait_s)]

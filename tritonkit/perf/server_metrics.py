@@ -8,6 +8,7 @@ can be set beside the client's numbers: the gap is network, gRPC and queueing ou
 from __future__ import annotations
 
 import re
+import time
 import urllib.error
 import urllib.request
 
@@ -48,6 +49,28 @@ def scrape(url: str | None, model: str | None = None, timeout_s: float = 2.0) ->
             return for_model(parse(resp.read().decode("utf-8", "replace")), model)
     except (urllib.error.URLError, OSError, ValueError):
         return None
+
+
+def _counters(metrics: dict[str, float]) -> dict[str, float]:
+    return {k: v for k, v in metrics.items() if not any(g in _family(k) for g in _GAUGES)}
+
+
+def scrape_settled(url: str | None, model: str | None = None, pause_s: float = 0.1,
+                   max_s: float = 2.0) -> dict[str, float] | None:
+    """Scrape until the counters stop moving (at most `max_s`). A server counts a request's tokens
+    just after it sends the final response (vLLM's stats run after its output is handed over), so a
+    scrape right after the last response can miss the last few tokens."""
+    if not url:
+        return None
+    latest = scrape(url, model)
+    deadline = time.monotonic() + max_s
+    while latest is not None and time.monotonic() < deadline:
+        time.sleep(pause_s)
+        again = scrape(url, model)
+        if again is None or _counters(again) == _counters(latest):
+            return again or latest
+        latest = again
+    return latest
 
 
 def _family(key: str) -> str:
