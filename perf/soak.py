@@ -120,26 +120,68 @@ def flatness(samples: list[dict], warmup_s: float, kill_t: float | None) -> dict
     return out
 
 
-def account(events: list[dict], kill_offset_s: float | None) -> dict:
-    """Requests in perf's results file: ok, errors by kind, in flight at the kill; lost = sent - recorded."""
+def not_ready_spans(events: list[dict], end_s: float | None) -> list[dict]:
+    """The not-ready intervals from the journal's readiness changes (kill-proof: no end line needed);
+    seconds from perf's start, an interval still open at the last event is marked ongoing."""
+    changes = [e for e in events if e["type"] == "readiness"]
+    spans: list[dict] = []
+    for c in changes:
+        if not c["ready"] and (not spans or spans[-1]["end_s"] is not None):
+            spans.append({"start_s": c["t"], "end_s": None, "detail": c["detail"]})
+        elif not c["ready"]:
+            spans[-1]["detail"] += f"; then {c['detail']}"
+        elif spans and spans[-1]["end_s"] is None:
+            spans[-1]["end_s"] = c["t"]
+    for s in spans:
+        s["ongoing"] = s["end_s"] is None
+        if s["ongoing"]:
+            s["end_s"] = end_s if end_s is not None else s["start_s"]
+        s["duration_s"] = round(s["end_s"] - s["start_s"], 3)
+    return spans
+
+
+def account(events: list[dict], kill_offset_s: float | None, margin_s: float = 1.0) -> dict:
+    """Requests in perf's results file: ok, errors by kind, lost = sent - recorded; and what the
+    errors were, around an engine kill at kill_offset_s (seconds from perf's start):
+    - in flight at the kill: sent before it, not finished then -- these must all fail, and no more;
+    - refused during the outage: sent after the kill, until the model is ready again (the first
+      not-ready interval after the kill, `margin_s` of probe slack either side) -- the model is
+      unloaded and reloading, Triton refuses them at once; they are counted, not hidden;
+    - unexplained: every other error. 0 means every error came from the kill."""
     requests = [e for e in events if e["type"] == "request"]
     end = next((e for e in events if e["type"] == "end"), None)
+    last_s = max((r["done_s"] or r["sent_s"] or 0 for r in requests), default=None)
+    spans = not_ready_spans(events, last_s)
     errors: dict[str, int] = {}
     for r in requests:
         if r["error_kind"]:
             errors[r["error_kind"]] = errors.get(r["error_kind"], 0) + 1
-    in_flight = None
+    in_flight = failed_in_flight = refused = unexplained = None
+    outage = None
     if kill_offset_s is not None:
-        in_flight = sum(1 for r in requests if r["sent_s"] is not None and r["sent_s"] <= kill_offset_s
-                        and (r["done_s"] is None or r["done_s"] >= kill_offset_s))
+        outage = next((s for s in spans if s["end_s"] >= kill_offset_s), None)
+        healed_s = (outage["end_s"] + margin_s) if outage and not outage["ongoing"] else float("inf")
+        if outage and outage["start_s"] > kill_offset_s + 30:
+            outage, healed_s = None, kill_offset_s  # not-ready long after the kill: not its outage
+        flying = [r for r in requests if r["sent_s"] is not None and r["sent_s"] <= kill_offset_s
+                  and (r["done_s"] is None or r["done_s"] >= kill_offset_s)]
+        in_flight, failed_in_flight = len(flying), sum(1 for r in flying if r["error_kind"])
+        refused = sum(1 for r in requests if r["error_kind"] and r["sent_s"] is not None
+                      and kill_offset_s < r["sent_s"] <= healed_s)
+        unexplained = sum(errors.values()) - failed_in_flight - refused
+    else:
+        unexplained = sum(errors.values())
     sent = end["counts"]["sent"] if end else None
+    after = [r for r in requests if outage and not outage["ongoing"] and (r["sent_s"] or 0) > outage["end_s"] + margin_s]
     return {"recorded": len(requests), "ok": sum(1 for r in requests if not r["error_kind"]),
             "errors": sum(errors.values()), "errors_by_kind": errors, "sent": sent,
             "lost": None if sent is None else sent - len(requests), "complete": end is not None,
-            "in_flight_at_kill": in_flight,
+            "in_flight_at_kill": in_flight, "failed_in_flight_at_kill": failed_in_flight,
+            "refused_while_not_ready": refused, "unexplained_errors": unexplained,
             "errors_after_kill": sum(1 for r in requests if r["error_kind"] and kill_offset_s is not None
                                      and (r["done_s"] or 0) >= kill_offset_s),
-            "not_ready": end["readiness"]["not_ready"] if end else None}
+            "sent_after_healed": len(after), "ok_after_healed": sum(1 for r in after if not r["error_kind"]),
+            "outage": outage, "not_ready": spans}
 
 
 def tk(*args: str, env: dict, **kw) -> subprocess.CompletedProcess:
@@ -155,8 +197,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--kill-engine-at", type=float, default=0.5, help="fraction of the run (0: no kill)")
     ap.add_argument("--timeout", type=float, default=30.0, help="per-request timeout (s)")
     ap.add_argument("--out", default="perf-results/soak")
+    ap.add_argument("--judge", action="store_true", help="only judge the files already in --out (no run)")
     args = ap.parse_args(argv)
     out = Path(args.out).resolve()
+    if args.judge:
+        verdict = judge(out, args.warmup)
+        print_verdict(verdict)
+        return 0 if all(v is not False for v in verdict["checks"].values()) else 1
     out.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     say = (lambda m: print(f"[soak {time.strftime('%H:%M:%S')}] {m}", flush=True))
@@ -187,9 +234,10 @@ def main(argv: list[str] | None = None) -> int:
                             env=env, stdout=perf_log, stderr=subprocess.STDOUT)
     t0, wall0 = time.monotonic(), time.time()
     kill_at = args.duration * args.kill_engine_at if args.kill_engine_at > 0 else None
-    kill_t = kill_wall = None
-    samples: list[dict] = []
+    kill_t = None
     mem_file = journal.Journal(out, on_error=lambda err: say(str(err)), name="memory.jsonl")
+    mem_file.write({"type": "start", "wall": wall0, "duration_s": args.duration, "rate": args.rate,
+                    "warmup_s": args.warmup, "server": name, "perf_pid": perf.pid, "server_pgid": pgid})
     next_sample = 0.0
     try:
         while perf.poll() is None:
@@ -198,7 +246,6 @@ def main(argv: list[str] | None = None) -> int:
                 mib = sample_rss(perf.pid, pgid)
                 sample = {"type": "sample", "t": round(t, 3), "mib": mib,
                           "server": round(sum(v for k, v in mib.items() if k != "client"), 1)}
-                samples.append(sample)
                 mem_file.write(sample)
                 say("RSS MiB " + ", ".join(f"{k} {v:.0f}" for k, v in mib.items()))
                 next_sample += args.sample_every
@@ -206,30 +253,50 @@ def main(argv: list[str] | None = None) -> int:
                 pids = engine_pids(pgid)
                 for pid in pids:
                     os.kill(pid, signal.SIGKILL)
-                kill_t, kill_wall = time.monotonic() - t0, time.time()
+                kill_t = time.monotonic() - t0
                 say(f"killed the engine (pid {', '.join(map(str, pids)) or 'none found'}) at {t:.0f} s")
-                mem_file.write({"type": "kill", "t": round(t, 1), "pids": pids})
+                mem_file.write({"type": "kill", "t": round(kill_t, 3), "wall": time.time(), "pids": pids})
             time.sleep(min(1.0, max(0.05, next_sample - (time.monotonic() - t0))))
     finally:
         if perf.poll() is None:
             perf.send_signal(signal.SIGINT)
             perf.wait(60)
+        mem_file.write({"type": "end", "t": round(time.monotonic() - t0, 3), "perf_exit": perf.returncode})
         mem_file.close()
         tk("stop", "--name", name, env=env)
-    events, cut = journal.read(perf_dir)
-    header = next((e for e in events if e["type"] == "run"), {})
-    kill_offset = (kill_wall - header["started_at"]) if kill_wall and header.get("started_at") else None
-    acct = account(events, kill_offset)
-    flat = flatness(samples, args.warmup, kill_t)
-    verdict = {"duration_s": args.duration, "rate": args.rate, "perf_exit": perf.returncode, "results_cut": cut,
-               "kill_t": kill_t, "requests": acct, "memory": flat, "samples": samples,
-               "checks": {"memory_flat": all(v["flat"] is not False for v in flat.values()),
-                          "none_lost": acct["lost"] == 0 and not cut,
-                          "errors_equal_in_flight_at_kill": (acct["errors"] == acct["in_flight_at_kill"])
-                          if kill_offset is not None else None}}
-    journal.write_atomic(out / "soak.json", json.dumps(verdict, indent=1) + "\n")
+    verdict = judge(out, args.warmup)
     print_verdict(verdict)
     return 0 if all(v is not False for v in verdict["checks"].values()) else 1
+
+
+def judge(out: Path, warmup_s: float) -> dict:
+    """The verdict from the files alone (memory.jsonl, perf/requests.jsonl), so a soak whose own
+    process was killed can still be judged: `soak.py --judge OUT`. Written to OUT/soak.json."""
+    memory, mem_cut = journal.read(out / "memory.jsonl")
+    start = next((e for e in memory if e["type"] == "start"), {})
+    kill = next((e for e in memory if e["type"] == "kill"), None)
+    finish = next((e for e in memory if e["type"] == "end"), {})
+    samples = [e for e in memory if e["type"] == "sample"]
+    events, cut = journal.read(out / "perf")
+    header = next((e for e in events if e["type"] == "run"), {})
+    kill_t = kill["t"] if kill else None
+    kill_offset = (kill["wall"] - header["started_at"]) if kill and kill.get("wall") and header.get("started_at") else None
+    acct = account(events, kill_offset)
+    flat = flatness(samples, warmup_s, kill_t)
+    outage = acct["outage"]
+    checks = {"memory_flat": all(v["flat"] is not False for v in flat.values()),
+              "none_lost": acct["lost"] == 0 and not cut,
+              "errors_only_from_the_kill": acct["unexplained_errors"] == 0}
+    if kill_offset is not None:
+        checks["in_flight_at_kill_all_failed"] = acct["failed_in_flight_at_kill"] == acct["in_flight_at_kill"]
+        checks["not_ready_reported_then_healed"] = bool(outage and not outage["ongoing"] and acct["ok_after_healed"] > 0
+                                                        and acct["ok_after_healed"] == acct["sent_after_healed"])
+    verdict = {"duration_s": start.get("duration_s"), "rate": start.get("rate"), "warmup_s": warmup_s,
+               "perf_exit": finish.get("perf_exit"), "soak_complete": bool(finish) and not mem_cut,
+               "results_cut": cut, "kill_t": kill_t, "kill_offset_s": kill_offset, "requests": acct,
+               "memory": flat, "samples": samples, "checks": checks}
+    journal.write_atomic(out / "soak.json", json.dumps(verdict, indent=1) + "\n")
+    return verdict
 
 
 def print_verdict(v: dict) -> None:
@@ -242,8 +309,10 @@ def print_verdict(v: dict) -> None:
                                           for r, m in v["memory"].items() if m["samples"]))
     a = v["requests"]
     print(f"requests: sent {a['sent']}, recorded {a['recorded']}, ok {a['ok']}, errors {a['errors']} "
-          f"{a['errors_by_kind']}, lost {a['lost']}; in flight at the kill {a['in_flight_at_kill']}, "
-          f"errors after the kill {a['errors_after_kill']}")
+          f"{a['errors_by_kind']}, lost {a['lost']}")
+    print(f"at the kill: {a['in_flight_at_kill']} in flight, {a['failed_in_flight_at_kill']} of them failed; "
+          f"{a['refused_while_not_ready']} refused while the model reloaded; {a['unexplained_errors']} other errors; "
+          f"after it was ready again {a['ok_after_healed']} of {a['sent_after_healed']} ok")
     for span in a["not_ready"] or []:
         print(f"not ready {span['start_s']:.1f}-{span['end_s']:.1f} s ({span['duration_s']:.1f} s): {span['detail']}")
     print("checks: " + ", ".join(f"{k} {'-' if ok is None else ('PASS' if ok else 'FAIL')}" for k, ok in v["checks"].items()))
