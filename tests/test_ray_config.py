@@ -130,15 +130,52 @@ def test_yaml_round_trips_with_a_header_for_cluster_users():
 
 
 @pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="Ray Serve not installed (pip install '.[ray]')")
-def test_ray_accepts_the_config():
-    """Ray's own schema of `serve deploy` files, and its LLMConfig for each model."""
+@pytest.mark.parametrize("kind", ["cpu", "gpu"])
+def test_ray_accepts_the_config(kind):
+    """Ray's own schema of `serve deploy` files, and its LLMConfig for each model: the CPU shape (CI)
+    and the GPU one (the H100's compare), whichever Ray is installed (2.60 in CI, 2.58.1 on the GPU
+    machine: run this file under both)."""
     from ray.serve.schema import ServeDeploySchema
 
-    config, _ = rc.serve_config([build(env={"VLLM_CPU_KVCACHE_SPACE": "1"})], rc.RayConfigOptions(autoscale=(1, 2)))
+    engine = {**ENGINE, "dtype": "bfloat16", "gpu_memory_utilization": 0.9, "max_num_batched_tokens": 2048}
+    config, _ = rc.serve_config([build(kind=kind, engine=engine, env={"VLLM_CPU_KVCACHE_SPACE": "1"})],
+                                rc.RayConfigOptions(autoscale=(1, 2)))
     ServeDeploySchema.model_validate(config)
     from ray.serve.llm import LLMConfig
 
-    LLMConfig.model_validate(only_llm(config))
+    llm = LLMConfig.model_validate(only_llm(config))
+    assert llm.engine_kwargs["max_num_batched_tokens"] == 2048  # pinned arguments reach Ray's engine as given
+    assert llm.experimental_configs["stream_batching_interval_ms"] == 0
+
+
+@pytest.mark.parametrize("vllm, ray", [("0.25.0", "2.58.1"), ("0.25.1+cpu", "2.58.1"), ("0.28.0", "2.58.1"),
+                                       ("0.29.0", "2.60.0"), ("0.32.0", "2.60.0"), ("0.24.0", None),
+                                       (None, None), ("dev", None)])
+def test_the_ray_release_that_imports_each_vllm(vllm, ray):
+    assert rc.ray_for_vllm(vllm) == ray
+
+
+def test_the_header_names_the_ray_and_vllm_that_deployed_it():
+    config, _ = rc.serve_config([build(kind="gpu")], rc.RayConfigOptions())
+    header = rc.cluster_header(config, {"ray": "2.58.1", "vllm": "0.25.0"})
+    assert "ray[serve]==2.58.1, vLLM 0.25.0," in header
+    assert "ray[serve]==2.60.0, vLLM 0.32.0," in rc.cluster_header(config, {"vllm": "0.32.0"})  # Ray not installed here
+    installed = rc.installed_versions()
+    if "ray" in installed:
+        assert f"ray[serve]=={installed['ray']}," in rc.cluster_header(config)
+
+
+def test_a_deploy_that_cannot_import_vllm_names_the_ray_to_install(monkeypatch):
+    from tritonkit.runtime import ray as ray_runtime
+
+    failure = ("ImportError: vLLM is installed but failed to import. ... Original error: "
+               "No module named 'vllm.entrypoints.serve.engine.protocol'")
+    monkeypatch.setattr(rc, "installed_versions", lambda: {"ray": "2.60.0", "vllm": "0.25.0"})
+    assert ray_runtime._deploy_hint(failure, "/tmp/x", local=True).endswith("pip install 'ray[serve]==2.58.1'")
+    assert "tmp/x" in ray_runtime._deploy_hint(failure, "/tmp/x", local=False)  # a cluster's nodes: not ours to tell
+    assert "tmp/x" in ray_runtime._deploy_hint("ValueError: max_model_len too large", "/tmp/x", local=True)
+    monkeypatch.setattr(rc, "installed_versions", lambda: {"ray": "2.58.1", "vllm": "0.25.0"})
+    assert "tmp/x" in ray_runtime._deploy_hint(failure, "/tmp/x", local=True)  # already the right Ray: another cause
 
 
 # -- serve's Ray options, refused before anything starts ------------------------------------------

@@ -8,8 +8,9 @@ http://HEAD:8265), the application is added to the running cluster beside its ot
 `stop` removes only that application.
 
 The Serve config deployed is written to <server dir>/serve_config.yaml, for `serve deploy` on a
-cluster. Ray 2.60 turns on token auth; the local head's token lives in the server's folder
-(RAY_AUTH_TOKEN_PATH), never in ~/.ray.
+cluster. The local head runs with token auth (as Ray 2.60 does by default; 2.58 has it too); its
+token lives in the server's folder (RAY_AUTH_TOKEN_PATH), never in ~/.ray. Runs on Ray 2.60 with
+vLLM 0.29+ and on Ray 2.58.1 with vLLM 0.25-0.28 (ray_config.RAY_FOR_VLLM): the same code and config.
 """
 
 from __future__ import annotations
@@ -325,7 +326,7 @@ class RayServer(Server):
                 state, message = self._app_state()
                 if state == "DEPLOY_FAILED":
                     raise ServerError(f"Ray could not deploy {', '.join(models)}:\n{_root_cause(message)}",
-                                      f"see {self.temp_dir or 'the cluster'}'s logs, fix the build and serve again")
+                                      _deploy_hint(message, self.temp_dir, local=self.head_pid is not None))
                 if state == "RUNNING":
                     phase = "checking a completion"
                     if all(self._completes(m) for m in models):
@@ -414,6 +415,18 @@ class RayServer(Server):
         found = [relevant_log_lines(p, lines) for p in files]
         found = [text for text in found if text and text != "(no log)"]
         return "\n".join(found[-2:]) if found else log_tail(self.log_file, lines)
+
+
+def _deploy_hint(message: str, temp_dir: str | None, local: bool) -> str:
+    """What to do about a failed deploy; where our local head's ray.serve.llm cannot import this
+    machine's vLLM, the Ray to install (a cluster's nodes have versions of their own)."""
+    if local and ("vLLM is installed but failed to import" in message or "No module named 'vllm." in message):
+        versions = ray_config.installed_versions()
+        wanted = ray_config.ray_for_vllm(versions.get("vllm"))
+        if wanted and wanted != versions.get("ray"):
+            return (f"Ray {versions.get('ray')}'s ray.serve.llm does not work with vLLM {versions.get('vllm')}: "
+                    f"pip install 'ray[serve]=={wanted}'")
+    return f"see {temp_dir or 'the cluster'}'s logs, fix the build and serve again"
 
 
 def _root_cause(message: str, lines: int = 12) -> str:

