@@ -1,28 +1,32 @@
 #!/bin/bash
 # `tritonkit compare` on the lent GPU machine (no network there): llama2-7b with random weights,
-# the seed's classification preset, Triton (local runtime) vs standalone vLLM (vs Ray Serve where
+# the seed's classification preset, Triton (local runtime) vs standalone vLLM vs Ray Serve (where
 # its wheels were carried), REPEAT=2 runs of each method for the within-10% check, every engine
-# argument pinned (printed, and recorded in compare.json).
+# argument pinned (printed, and recorded in compare.json; Ray's local head deploys the same pins).
 #
 # Here, once (network): the pieces, each at most 60 MiB (the device tool carries 64 MiB a call):
-#   bash perf/device_bundle.sh          # .whl/p1 .whl/p2 .whl/p3: vLLM 0.25.0 trimmed, deps, Triton wheel
-#   bash perf/device_compare.sh bundle-ray   # optional: .whl/r1 .. .whl/rN: ray[serve] 2.60 + deps, split
+#   bash perf/device_bundle.sh              # .whl/p1 .whl/p2 .whl/p3: vLLM 0.25.0 trimmed, deps, Triton wheel
+#   bash perf/device_compare.sh bundle-ray  # .whl/r1 .whl/r2: ray[serve] 2.58.1 (the newest whose
+#                                           # ray.serve.llm runs on vLLM 0.25) + what the image lacks
 #
 # On the device, one `run` call per step, back to back on the same warm machine (30 min held at most;
 # give the machine back only at the end), from the repository root:
 #   bash perf/device_compare.sh p1      # carry [".whl/p1"]: stash; GPU; write random llama2-7b (~1 min)
 #   bash perf/device_compare.sh p2      # carry [".whl/p2"]: install vLLM + deps; build; pin check (~2-3 min)
-#   bash perf/device_compare.sh r1 ...  # carry [".whl/rK"] each (optional): stash; the last installs Ray
+#   bash perf/device_compare.sh r1      # carry [".whl/r1"]: stash (~10 s)
+#   bash perf/device_compare.sh r2      # carry [".whl/r2"]: install Ray; import check; a Ray head up and down (~1 min)
 #   bash perf/device_compare.sh p3      # carry [".whl/p3"]: Triton from the wheel; compare (<= 9 min)
 #   bash perf/device_compare.sh go      # carry nothing: compare --resume, as often as needed (<= 9 min each)
 #   bash perf/device_compare.sh report  # carry nothing: table, capacity for TARGET_RPS, Ray Serve config
 #
-# Each compare call stops at 540 s (SIGTERM: the server is stopped, the unfinished method run is
-# kept as "interrupted" and redone by the next call); completed runs are kept in $WORK/compare.
-# A method run costs about 1 min to start llama2-7b plus at most (2 + 12) s per sweep step: with
-# the defaults (7 rates + 1 concurrency step), ~3 min; 2 methods × 2 runs ~12 min, Ray adds ~6.
+# Each compare call starts a method run only while the longest run so far fits in what is left of
+# its --time-budget (the call's 570 s less 40), and stops at 570 s whatever happens (SIGTERM: the
+# server is stopped, the unfinished method run is kept as "interrupted" and redone by the next call); completed runs are
+# kept in $WORK/compare. A method run costs about 1 min to start llama2-7b (Ray ~1.5) plus at most
+# (2 + MAX_STEP) s per sweep step: with the defaults (7 rates + 1 concurrency step), ~3 min; 3
+# methods x 2 runs ~18 min. Fewer steps (e.g. RATES=10,20,40,160,320 MAX_STEP=9) ~2.3 min a run.
 # Env overrides: METHODS (default triton-local,vllm and ray when importable), REPEAT (2), RATES,
-# CONCURRENCY, WINDOW, MAX_STEP, TARGET_RPS (2000).
+# CONCURRENCY, WINDOW, MAX_STEP, TARGET_RPS (2000), DEVICE_RAY (bundle-ray's Ray, 2.58.1).
 # Results come back in $OUT: compare.md (the table), compare.png, compare.json, runs/*.json,
 # capacity.md, serve-config-*.yaml, logs-*.tar.gz (server logs, perf reports), run-*.log.
 set -u
@@ -51,21 +55,18 @@ if [ "$STEP" != bundle-ray ]; then
   [ -d .whl/"$STEP" ] && cp -r .whl/"$STEP"/. "$STASH"/ && echo "stashed: $(du -sh $STASH | cut -f1)"
 fi
 
-methods() {
+methods() {  # ray where the r step's import check passed (no vLLM import here: it costs ~20 s a call)
   if [ -n "${METHODS:-}" ]; then echo "$METHODS"; return; fi
-  if "$PY" -c "import ray.serve.llm; from tritonkit.runtime.base import RUNTIMES; assert 'ray' in RUNTIMES" 2>/dev/null; then
-    echo triton-local,vllm,ray
-  else
-    echo triton-local,vllm
-  fi
+  if [ -f "$STASH/ray-ok" ]; then echo triton-local,vllm,ray; else echo triton-local,vllm; fi
 }
 
 compare() {  # bounded so the call ends before the device's 600 s limit; --resume continues
-  local m; m=$(methods)
-  echo "methods: $m; repeat $REPEAT; rates $RATES; concurrency $CONCURRENCY"
-  timeout 540 "$PY" -m tritonkit compare -r "$WORK/repo" --methods "$m" --preset classification \
+  local m cap; m=$(methods)
+  cap=$(( 570 - ($(date +%s) - T0) ))   # p3 installs Triton first
+  echo "methods: $m; repeat $REPEAT; rates $RATES; concurrency $CONCURRENCY; ${cap} s left"
+  timeout "$cap" "$PY" -m tritonkit compare -r "$WORK/repo" --methods "$m" --preset classification \
     --rates "$RATES" --concurrency "$CONCURRENCY" --window "$WINDOW" --max-step "$MAX_STEP" --warmup 2 \
-    --repeat "$REPEAT" --timeout 300 --out "$RESULTS" --resume
+    --repeat "$REPEAT" --timeout 300 --out "$RESULTS" --resume --time-budget $(( cap - 40 ))
   echo "compare exit $? after $(( $(date +%s) - T0 )) s"
 }
 
@@ -149,7 +150,8 @@ r[0-9]*)
 import ray, vllm, ray.serve.llm, ray.llm._internal.serve.engines.vllm.vllm_engine
 from ray.serve.schema import ServeDeploySchema
 print('ray', ray.__version__, 'with vllm', vllm.__version__, ': ray.serve.llm imports')" \
-      || { echo "ray.serve.llm does NOT import: compare runs without ray"; exit 5; }
+      || { echo "ray.serve.llm does NOT import: compare runs without ray"; rm -f "$STASH/ray-ok"; exit 5; }
+    touch "$STASH/ray-ok"
     # A head and its dashboard's Serve API, as tritonkit's ray runtime starts them (~15 s).
     "$PY" - <<'PYEOF' || echo "the Ray head did not come up: see above"
 import time

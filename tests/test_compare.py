@@ -256,6 +256,36 @@ def test_resume_runs_only_what_is_missing_and_report_only_starts_nothing(fake_bu
         run_mod.run(replace(opts, report_only=True, out=str(tmp_path / "empty")), say=lambda m: None)
 
 
+def test_time_budget_starts_only_runs_that_fit_and_resume_does_the_rest(fake_build, tmp_path, monkeypatch):
+    """A bounded call (the GPU machine's 540 s) ends between method runs, never half-way through one."""
+    repo, started = fake_build
+    now = [0.0]
+    monkeypatch.setattr(run_mod, "_clock", lambda: now[0])
+    fake = run_mod.measure
+
+    def measure_100s(method, n, setup, build, opts, out, say):
+        now[0] += 100.0
+        run = fake(method, n, setup, build, opts, out, say)
+        run.elapsed_s = 100.0
+        results.save_run(out, run)
+        return run
+
+    monkeypatch.setattr(run_mod, "measure", measure_100s)
+    said = []
+    opts = run_mod.CompareOptions(repository=str(repo), methods="triton-local,vllm", rates="10", out=str(tmp_path / "o"),
+                                  repeat=2, time_budget_s=330)
+    run_mod.run(opts, say=said.append)
+    # 0 s: first run (nothing known); 100 s: 230 left >= 120; 200 s: 130 left >= 120; 300 s: 30 left
+    assert started == [("triton-local", 1), ("vllm", 1), ("triton-local", 2)]
+    assert any("vllm run 2 and what follows are left for --resume" in m for m in said)
+    assert (tmp_path / "o" / "compare.md").is_file()
+    started.clear()
+    run_mod.run(replace(opts, resume=True, time_budget_s=110), say=said.append)  # earlier runs took 100 s: 110 < 120
+    assert started == []
+    run_mod.run(replace(opts, resume=True, time_budget_s=120), say=said.append)
+    assert started == [("vllm", 2)]
+
+
 def test_bad_options_fail_before_anything_starts(fake_build, tmp_path):
     repo, started = fake_build
     opts = run_mod.CompareOptions(repository=str(repo), out=str(tmp_path / "o"))

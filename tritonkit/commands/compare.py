@@ -56,10 +56,12 @@ def _slo_of(folder: Path) -> str | None:
 @click.option("--resume", is_flag=True, help="Keep the completed runs in --out; run only what is missing.")
 @click.option("--report-only", is_flag=True, help="Write the table and plot again from --out; start nothing.")
 @click.option("--timeout", "start_timeout_s", type=float, default=900.0, show_default=True, help="Seconds to wait for each server.")
+@click.option("--time-budget", "time_budget_s", type=float, default=None,
+              help="Seconds this call may take: no method run starts that would not fit (the rest is for --resume).")
 @click.option("--target-rps", type=float, default=None, help="Also plan capacity for this load (replicas, $/month, Ray Serve config).")
 @click.option("--headroom", type=float, default=0.0, show_default=True, help="Capacity plan: share of each replica kept spare.")
 def compare(repository, model, methods, baseline, preset, rates, concurrency, slo, window_s, max_step_s, warmup_s,
-            gpu, price, repeat, out, resume, report_only, start_timeout_s, target_rps, headroom):
+            gpu, price, repeat, out, resume, report_only, start_timeout_s, time_budget_s, target_rps, headroom):
     """Serve one build by several delivery methods in turn, measure each the same way, compare."""
     from tritonkit.compare.run import CompareOptions, run
 
@@ -70,7 +72,8 @@ def compare(repository, model, methods, baseline, preset, rates, concurrency, sl
     opts = CompareOptions(repository=str(repository), model=model, methods=methods, baseline=baseline, preset=preset,
                           rates=rates or None, concurrency=concurrency or None, slo=slo, window_s=window_s,
                           max_step_s=max_step_s, warmup_s=warmup_s, gpu=gpu, price=price, repeat=repeat, out=str(out),
-                          resume=resume, report_only=report_only, start_timeout_s=start_timeout_s)
+                          resume=resume, report_only=report_only, start_timeout_s=start_timeout_s,
+                          time_budget_s=time_budget_s)
     outcome = run(opts, _say)
     click.echo(outcome.report)
     for path in outcome.files:

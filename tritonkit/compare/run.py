@@ -21,6 +21,7 @@ from tritonkit.compare.methods import Method
 from tritonkit.errors import Interrupted, TritonkitError, UsageError
 
 Say = Callable[[str], None]
+_clock = time.monotonic  # --time-budget's clock (tests step it)
 
 
 @dataclass
@@ -46,6 +47,7 @@ class CompareOptions:
     start_timeout_s: float = 900.0
     request_timeout_s: float = 60.0
     host: str = "127.0.0.1"
+    time_budget_s: float | None = None  # start no method run that would not fit (left for --resume)
 
 
 @dataclass
@@ -142,6 +144,7 @@ def run(opts: CompareOptions, say: Say = lambda m: print(m, file=sys.stderr)) ->
         raise UsageError(f"{out} already holds a comparison", "--resume continues it, --report-only re-reports it, "
                          "or pass another --out")
     results.save_setup(out, setup)
+    budget = Budget(opts.time_budget_s, [r.elapsed_s for r in results.load_runs(out) if r.elapsed_s])
     try:
         for n in range(1, opts.repeat + 1):
             for method in chosen:
@@ -149,11 +152,37 @@ def run(opts: CompareOptions, say: Say = lambda m: print(m, file=sys.stderr)) ->
                 if done is not None:
                     say(f"compare: {method.name} run {n}: kept from the earlier run (--resume)")
                     continue
-                measure(method, n, setup, build, opts, out, say)
+                if not budget.fits():
+                    say(f"compare: {budget.why_not()}: {method.name} run {n} and what follows are left for --resume")
+                    return render(out, setup)
+                budget.took(measure(method, n, setup, build, opts, out, say).elapsed_s)
     except KeyboardInterrupt:
         render(out, setup)  # what was measured so far
         raise Interrupted("comparison interrupted", f"partial results in {out}; --resume continues it") from None
     return render(out, setup)
+
+
+class Budget:
+    """--time-budget: a method run starts only when the longest run seen so far (in this folder
+    too), plus a fifth for the spread between methods, still fits in what is left, so a bounded call (a GPU machine lent by the minute) ends
+    between runs instead of killing one half-way (an interrupted run is redone from scratch)."""
+
+    def __init__(self, total_s: float | None, earlier_s: list[float]):
+        self.total_s = total_s
+        self.longest_s = max(earlier_s, default=0.0)
+        self.started = _clock()
+
+    def left_s(self) -> float:
+        return (self.total_s or 0.0) - (_clock() - self.started)
+
+    def fits(self) -> bool:
+        return self.total_s is None or self.left_s() >= self.longest_s * 1.2
+
+    def why_not(self) -> str:
+        return f"{self.left_s():.0f} s of --time-budget left, the longest method run took {self.longest_s:.0f} s"
+
+    def took(self, elapsed_s: float | None) -> None:
+        self.longest_s = max(self.longest_s, elapsed_s or 0.0)
 
 
 def measure(method: Method, n: int, setup: results.Setup, build: buildrecord.BuildRecord, opts: CompareOptions,
