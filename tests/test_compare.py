@@ -123,6 +123,21 @@ def test_a_method_started_without_the_pins_is_named():
     assert "ray: its engine was NOT given the pinned max_num_batched_tokens" in table.report(setup, sums, runs)
 
 
+def test_what_ray_sets_itself_is_reported_not_pinned():
+    """On a GPU Ray Serve LLM runs the engine's worker in a Ray actor whatever it is given: said, once."""
+    path = "parallel_config.distributed_executor_backend"
+    pin = {**make_setup().pinning, "by_design": {path: {"triton": "uni", "openai": "uni", "ray": "ray"}}}
+    runs = {m: [method_run(m, 1, TRITON)] for m in ("triton-local", "vllm", "ray")}
+    setup = make_setup(methods=["triton-local", "vllm", "ray"], pinning=pin)
+    report = table.report(setup, [table.summarize(m, runs[m], setup) for m in setup.methods], runs)
+    assert "ray: Ray Serve LLM sets distributed_executor_backend=ray itself" in report and "triton uni" in report
+    without_ray = make_setup(pinning=pin)
+    assert "Ray Serve LLM sets" not in table.report(without_ray, [table.summarize("vllm", runs["vllm"], without_ray)])
+    lines = pinning.Pinning.from_json({"engine_args": {}, "pinned": {}, "by_design": pin["by_design"]}).describe()
+    assert any(line.startswith(f"  by design, not pinnable: {path}: triton 'uni'") for line in lines)
+    assert pinning.Pinning.from_json({"engine_args": {}, "pinned": {}}).by_design == {}  # an older cache entry
+
+
 def test_lower_bounds_give_no_max_ratio_and_other_gpus_no_seed_rows():
     setup = make_setup(gpu_profile="h100")
     never_missed = [method_run("triton-local", 1, TRITON[:3]), method_run("vllm", 1, VLLM[:2])]

@@ -48,6 +48,13 @@ def test_model_json_wins_over_the_recorded_engine_args():
     assert "served_model_name" not in llm["engine_kwargs"] and "model" not in llm["engine_kwargs"]
 
 
+def test_the_executor_is_rays_to_choose():
+    """Ray Serve LLM refuses any executor but its own on GPUs (a pinned one would fail the deploy)."""
+    llm = only_llm(rc.serve_config([build(kind="gpu")], rc.RayConfigOptions(),
+                                   {"tiny": {**ENGINE, "distributed_executor_backend": "uni"}})[0])
+    assert "distributed_executor_backend" not in llm["engine_kwargs"]
+
+
 def test_runtime_env_goes_to_env_vars_as_strings():
     llm = only_llm(rc.serve_config([build(env={"VLLM_CPU_KVCACHE_SPACE": 1})], rc.RayConfigOptions())[0])
     assert llm["runtime_env"] == {"env_vars": {"VLLM_CPU_KVCACHE_SPACE": "1"}}

@@ -33,6 +33,10 @@ ENTRY_POINTS = ("triton", "openai", "ray")  # who builds the engine (see the mod
 # Config leaves that differ between any two engines by nature (a random id per instance).
 IGNORED = {"instance_id"}
 MARKER = "tritonkit-pinning: "  # the child's result line (vLLM logs to stdout too)
+# Ray Serve LLM overrides these engine arguments whatever engine_kwargs say (its vllm_models.py):
+# the executor is Ray's own on GPUs (the engine's worker runs in a Ray actor; it refuses another), mp on CPU.
+RAY_SETS = {"distributed_executor_backend": "Ray Serve LLM runs the engine's GPU worker in a Ray actor "
+                                            "('mp' on CPU) and refuses any other executor"}
 
 
 @dataclass
@@ -47,6 +51,8 @@ class Pinning:
     openai_argv: list[str] = field(default_factory=list)  # the pinned arguments as api_server flags
     vllm_version: str = ""
     device: str = ""
+    # config path -> values where an entry point sets an argument itself, whatever it is given
+    by_design: dict[str, dict[str, object]] = field(default_factory=dict)
 
     @property
     def identical(self) -> bool:
@@ -66,6 +72,9 @@ class Pinning:
             lines.append("  also differed before pinning (no engine argument of their own): " + ", ".join(sorted(self.derived)))
         lines.append("  after pinning: " + ("identical engine configuration for " + ", ".join(ENTRY_POINTS)
                                             if self.identical else f"STILL DIFFERENT: {self.residual}"))
+        for path, values in sorted(self.by_design.items()):
+            lines.append(f"  by design, not pinnable: {path}: " + ", ".join(f"{ep} {v!r}" for ep, v in values.items())
+                         + f" ({RAY_SETS.get(path.rsplit('.', 1)[-1], 'set by the entry point itself')})")
         return lines
 
     def to_json(self) -> dict:
@@ -245,7 +254,19 @@ def pin(engine_args: dict) -> Pinning:
     configs, argv = engine_configs(pinned)
     residual = differences(configs)
     return Pinning(engine_args=engine_args, pinned=pinned, pins=pins, derived=derived, residual=residual,
-                   openai_argv=argv, vllm_version=vllm.__version__, device=_device_id())
+                   openai_argv=argv, vllm_version=vllm.__version__, device=_device_id(),
+                   by_design=ray_by_design(configs))
+
+
+def ray_by_design(configs: dict[str, dict]) -> dict[str, dict[str, object]]:
+    """What Ray's engine runs with, where Ray sets it over what the others resolve."""
+    from vllm.platforms import current_platform
+
+    path = "parallel_config.distributed_executor_backend"
+    ray = "mp" if current_platform.is_cpu() else "ray"
+    if path not in configs["triton"] or configs["triton"][path] == ray:
+        return {}
+    return {path: {"triton": configs["triton"][path], "openai": configs["openai"].get(path), "ray": ray}}
 
 
 if __name__ == "__main__":

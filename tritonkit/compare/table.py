@@ -216,6 +216,12 @@ def notes(setup: Setup, summaries: list[MethodSummary],
         + (f" (pinned, as vLLM defaults them by entry point: {', '.join(sorted(pins))})" if pins else "")
         + ("" if not pin or not pin.get("residual") else
            f"; the engines STILL DIFFERED in: {', '.join(sorted(pin['residual']))}"))
+    if "ray" in setup.methods:
+        for path, values in sorted((pin.get("by_design") or {}).items()):
+            others = ", ".join(f"{ep} {v}" for ep, v in values.items() if ep != "ray")
+            found.append(f"ray: Ray Serve LLM sets {path.rsplit('.', 1)[-1]}={values.get('ray')} itself "
+                         f"(the engine's worker in a Ray actor; {others}): a difference of the delivery method, "
+                         "not an argument")
     for method, missing in unpinned(setup, runs_by_method or {}).items():
         found.append(f"{method}: its engine was NOT given the pinned {', '.join(missing)}: it ran vLLM's own "
                      "default for its entry point (see compare.json's pinning)")

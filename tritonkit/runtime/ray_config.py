@@ -40,8 +40,9 @@ REMOTE_PREFIXES = ("s3://", "gs://", "abfss://", "azure://")
 # so four replicas fit on two cores (Ray's default of 2 CPUs per replica fits none beside the ingress).
 CPU_BUNDLE = 0.5
 CPU_REPLICA_ACTOR = 0.25
-# Engine arguments Ray sets itself (from model_loading_config) and refuses in engine_kwargs.
-RAY_OWNED_ARGS = ("model", "served_model_name")
+# Engine arguments Ray sets itself and refuses in engine_kwargs: the model and its name (from
+# model_loading_config), the executor (Ray's own on GPUs, mp on CPU; pinning.py reports the difference).
+RAY_OWNED_ARGS = ("model", "served_model_name", "distributed_executor_backend")
 # Each Ray release's ray.serve.llm imports vLLM modules and names that exist only in some vLLM
 # releases (Ray 2.60 imports vllm.entrypoints.serve.engine.protocol, new after vLLM 0.28; 2.59 needs
 # vllm.exceptions.VLLMClientError, new in 0.27). Every vLLM import of Ray's llm package was checked
