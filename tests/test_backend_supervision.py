@@ -117,7 +117,33 @@ def test_empty_prompt_and_no_stream_input_are_served(server):
         assert error is None or "prompt" in error.message(), error
 
 
-def test_engine_sigkill_is_noticed_and_healed(server):
+@pytest.fixture
+def streaming_client(server):
+    """A client that keeps one gRPC stream open and sends on it twice a second, as perf and
+    production clients do: Triton keeps a model UNLOADING while such a stream is open (the
+    hour-long soak's model stayed down for its whole second half). Yields its responses."""
+    client = grpcclient.InferenceServerClient(server["grpc"])
+    responses, stop = [], threading.Event()
+    client.start_stream(lambda result, error: responses.append((result, error)))
+
+    def keep_sending():
+        while not stop.is_set():
+            client.async_stream_infer("tiny", inputs=inputs_for(sampling=BASE_SAMPLING))
+            stop.wait(0.5)
+
+    sender = threading.Thread(target=keep_sending)
+    sender.start()
+    try:
+        wait_for(lambda: any(error is None for _, error in responses), 120)
+        yield responses
+    finally:
+        stop.set()
+        sender.join()
+        client.stop_stream()
+        client.close()
+
+
+def test_engine_sigkill_is_noticed_and_healed(server, streaming_client):
     pid = engine_pid("tiny")
     # a long request in flight when the engine dies
     long_request = {**BASE_SAMPLING, "max_tokens": "3000"}
@@ -134,9 +160,11 @@ def test_engine_sigkill_is_noticed_and_healed(server):
     errors = [error.message() for _, error in responses if error is not None]
     assert errors and "was killed by SIGKILL" in errors[-1] and "its last log lines:" in errors[-1], errors
     assert wait_for(lambda: not group_members(pid), 5) < 5  # engine core and workers are gone too
-    wait_for(lambda: model_ready(server, "tiny") == (True, True), 400, poll_s=0.5)
+    wait_for(lambda: model_ready(server, "tiny") == (True, True), 400, poll_s=0.5)  # the stream is still open
     assert engine_pid("tiny") != pid
     assert output_tokens(infer(server, inputs_for(sampling=BASE_SAMPLING, return_num_output_tokens=True))) == 6
+    served_again = len(streaming_client)
+    wait_for(lambda: any(error is None for _, error in streaming_client[served_again:]), 60)
 
 
 def test_hung_engine_is_noticed_within_the_timeout(server):

@@ -95,10 +95,33 @@ class RestartLedger:
     """The engine deaths of one model in this server, in a file: a reload starts a new stub, and
     the restart budget must survive it. A load that is not a restart starts a fresh ledger."""
 
+    PREFIX = "tritonkit-engines-"
+
     def __init__(self, model_name):
-        folder = os.path.join(tempfile.gettempdir(), f"tritonkit-engines-{os.getppid()}")  # per server
-        os.makedirs(folder, exist_ok=True)
-        self.path = os.path.join(folder, f"{model_name}.json")
+        self.folder = os.path.join(tempfile.gettempdir(), f"{self.PREFIX}{os.getppid()}")  # per server
+        self.remove_stale()
+        os.makedirs(self.folder, exist_ok=True)
+        self.path = os.path.join(self.folder, f"{model_name}.json")
+
+    @classmethod
+    def remove_stale(cls):
+        """The folders of servers that are gone (killed before their models were finalized)."""
+        root = tempfile.gettempdir()
+        for name in os.listdir(root):
+            pid = name[len(cls.PREFIX):]
+            if name.startswith(cls.PREFIX) and pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+                shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+
+    def forget(self):
+        """The model is gone for good (not unloaded for a restart): its file goes, and the
+        server's folder with its last file."""
+        if self._read().get("restart_pending"):
+            return
+        for remove, path in ((os.unlink, self.path), (os.rmdir, self.folder)):
+            try:
+                remove(path)
+            except OSError:
+                pass
 
     def _read(self):
         try:
@@ -185,6 +208,7 @@ class TritonPythonModel:
         self.ledger = RestartLedger(self.model_name)
         refusal = self.ledger.check_load()
         if refusal:
+            self.ledger.forget()  # a later load by hand starts a fresh budget anyway
             raise pb_utils.TritonModelException(f"model '{self.model_name}' is down: {refusal}")
 
         self.workdir = tempfile.mkdtemp(prefix="tk-engine-")
@@ -196,7 +220,13 @@ class TritonPythonModel:
         self.pending = {}
         self.metrics = None
         self.down = None  # why requests are refused now (the engine is dead or restarting)
-        hello = self._call(self._launch(), timeout=ENGINE_START_TIMEOUT_S + 5)
+        self.unloaded_for_restart = False
+        try:
+            hello = self._call(self._launch(), timeout=ENGINE_START_TIMEOUT_S + 5)
+        except BaseException:  # a failed load is never finalized: clean up here
+            self.ledger.forget()
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            raise
         if self.report_metrics:
             self.metrics = self._init_metrics(args["model_version"], hello["max_model_len"])
         self.watch = asyncio.run_coroutine_threadsafe(self._watch(), self.loop)
@@ -388,6 +418,7 @@ class TritonPythonModel:
         process. False where Triton refuses (model control mode is not explicit)."""
         try:
             pb_utils.unload_model(self.model_name)  # does not wait for the unload
+            self.unloaded_for_restart = True
         except Exception as err:
             self.logger.log_warn(f"[vllm] cannot unload {self.model_name} ({err}), so Triton keeps reporting it "
                                  "ready while its engine restarts (start Triton with --model-control-mode=explicit)")
@@ -625,6 +656,8 @@ class TritonPythonModel:
         if self.engine.poll() is None:
             self._kill_engine(signal.SIGTERM)  # the engine shuts vLLM down; its group goes with it
         shutil.rmtree(self.workdir, ignore_errors=True)
+        if not self.unloaded_for_restart:  # (finalized maybe long after the new stub loaded)
+            self.ledger.forget()
 
     async def _close(self):
         self.writer.close()

@@ -1,0 +1,80 @@
+"""The backend's restart ledger (tritonkit/backend/vllm/model.py): the deaths of a model's engine
+counted across the stubs of one server, in $TMPDIR/tritonkit-engines-<server pid>/, and removed
+when the model goes for good or its server is gone. Runs model.py outside Triton with a stand-in
+for triton_python_backend_utils (the ledger does not use it)."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+import tempfile
+import types
+from pathlib import Path
+
+import pytest
+
+MODEL_PY = Path(__file__).resolve().parents[1] / "tritonkit" / "backend" / "vllm" / "model.py"
+
+
+@pytest.fixture
+def model(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", types.ModuleType("triton_python_backend_utils"))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    spec = importlib.util.spec_from_file_location("tk_backend_model", MODEL_PY)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_deaths_survive_a_reload_and_the_file_goes_with_the_model(model, tmp_path):
+    ledger = model.RestartLedger("tiny")
+    assert Path(ledger.folder) == tmp_path / f"tritonkit-engines-{os.getppid()}"
+    assert ledger.check_load() is None  # a first load: a fresh ledger
+    assert ledger.record_death("was killed by SIGKILL") == 1
+    ledger.forget()  # the stub unloaded for a restart is finalized: the count must stay
+    assert Path(ledger.path).is_file()
+    again = model.RestartLedger("tiny")  # the reloaded model's new stub
+    assert again.check_load() is None
+    again.forget()  # unloaded for good (or the server stops)
+    assert not Path(ledger.path).exists() and not Path(ledger.folder).exists()
+
+
+def test_over_the_budget_the_load_is_refused_and_nothing_is_left(model, tmp_path, monkeypatch):
+    monkeypatch.setattr(model, "MAX_RESTARTS", 1)
+    ledger = model.RestartLedger("tiny")
+    ledger.check_load()
+    ledger.record_death("exited with code 1")
+    ledger.record_death("exited with code 1")
+    refusal = model.RestartLedger("tiny").check_load()
+    assert refusal is not None and "died 2 times" in refusal and "exited with code 1" in refusal
+    ledger.forget()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_another_model_keeps_the_server_folder(model):
+    tiny, other = model.RestartLedger("tiny"), model.RestartLedger("other")
+    tiny.check_load(), other.check_load()
+    tiny.forget()
+    assert Path(other.path).is_file()
+    other.forget()
+    assert not Path(tiny.folder).exists()
+
+
+def test_folders_of_servers_that_are_gone_are_removed(model, tmp_path):
+    gone = tmp_path / f"tritonkit-engines-{dead_pid()}"
+    gone.mkdir()
+    (gone / "tiny.json").write_text('{"deaths": [1], "restart_pending": true}')
+    alive = tmp_path / f"tritonkit-engines-{os.getpid()}"
+    alive.mkdir()
+    unrelated = tmp_path / "tritonkit-engines-notes"
+    unrelated.mkdir()
+    model.RestartLedger("tiny")
+    assert not gone.exists() and alive.is_dir() and unrelated.is_dir()
