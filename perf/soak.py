@@ -6,14 +6,18 @@ subprocess, and every --sample-every seconds records the resident memory (RSS) o
 (perf) and of the server's processes by role: Triton, the Python backend stub, tritonkit's engine
 process, and vLLM's EngineCore/Worker. Halfway through it kills the engine with SIGKILL. At the
 end it prints the memory curve, requests sent/ok/errors (by kind) and the not-ready intervals, and
-checks: memory flat within 10 % after warm-up, 0 requests lost (every request perf sent is in its
-results file, ok or as a counted error), and the errors against the requests in flight at the kill.
+checks: memory flat within 10 % after warm-up (before the kill, and after a fresh warm-up after
+it), 0 requests lost (every request perf sent is in its results file, ok or as a counted error),
+every error explained by the kill (in flight then, or refused while the model reloaded), every
+request in flight at the kill failed, and the model was reported not ready, then ready again with
+every later request ok.
 
     PYTHONPATH=. .venv/bin/python perf/soak.py [--duration 3600] [--rate 2] [--sample-every 60]
         [--warmup 600] [--kill-engine-at 0.5] [--out perf-results/soak]
 
 Everything is written as it happens (memory.jsonl here, requests.jsonl by perf), so a killed soak
-leaves valid partial results; the verdict goes to soak.json. Exit 0 when every check passed.
+leaves valid partial results, and `--judge --out DIR` judges such files again without a run; the
+verdict goes to soak.json. Exit 0 when every check passed.
 """
 
 from __future__ import annotations

@@ -9,8 +9,11 @@ memory apart: the Python backend passes responses through shared memory, which R
   bad_json     sampling_parameters that are not JSON (refused in execute)
   engine_error max_tokens 0 (refused by vLLM, relayed from the engine)
   stream_echo  streaming with the prompt in the output (refused before reaching the engine)
-  engine_down  the engine killed with TRITONKIT_ENGINE_MAX_RESTARTS=0 and no model control (the
-               model stays loaded but down: every request refused, as the soak saw)
+  engine_down  the engine killed with TRITONKIT_ENGINE_MAX_RESTARTS=0: the model is unloaded and
+               its reload refused, so Triton refuses the requests (measures Triton; no stub left)
+
+The soak's leak itself (asyncio's drain() re-raising one exception whose traceback kept every
+failed request's frames) is reproduced without a server in tests/test_backend_model_units.py.
 
     PYTHONPATH=. .venv/bin/python perf/stub_errors.py [--requests 400] [--kinds bad_json,...] [--out DIR]
 
@@ -114,6 +117,14 @@ def send(grpc_url: str, kind: str, n: int, timeout_s: float = 120.0) -> dict[str
     return got
 
 
+def model_state(http_port: int, model: str) -> str | None:
+    import urllib.request
+
+    req = urllib.request.Request(f"http://127.0.0.1:{http_port}/v2/repository/index", data=b"{}", method="POST")
+    with urllib.request.urlopen(req, timeout=5) as resp:
+        return next((m.get("state") for m in json.load(resp) if m.get("name") == model), None)
+
+
 def tk(env: dict, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "tritonkit", *args], env=env, text=True, capture_output=True)
 
@@ -155,9 +166,13 @@ def main(argv: list[str] | None = None) -> int:
             if kind == "engine_down":
                 engine = find(stub, "tritonkit.backend.engine")
                 os.killpg(engine, signal.SIGKILL)
-                time.sleep(3)  # noticed within 1 s; no restart allowed, the model stays down
-                # Under explicit model control (the local runtime) the model is unloaded: no stub,
-                # Triton itself refuses the requests.
+                # Noticed within 1 s; under explicit model control (the local runtime) the model
+                # is unloaded and its reload refused (no restart allowed): no stub, Triton itself
+                # refuses the requests. Measured once the refused reload has settled.
+                settled = time.monotonic() + 300
+                while model_state(http, "tiny") != "UNAVAILABLE" and time.monotonic() < settled:
+                    time.sleep(0.5)
+                time.sleep(2)
                 stub = find(triton, "triton_python_backend_stub")
             send(url, kind, args.warmup)
             before = {"stub": memory_kib(stub), "triton": memory_kib(triton)}

@@ -346,8 +346,18 @@ class TritonPythonModel:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
     async def _send(self, obj):
-        self.writer.write((json.dumps(obj, separators=(",", ":")) + "\n").encode())
-        await self.writer.drain()
+        """One message to the engine. A lost connection raises a fresh ConnectionError each time:
+        asyncio's drain() re-raises one stored exception object, whose traceback then grows by
+        every caller's frames and keeps them (and their requests) alive -- before supervision
+        the soak's stub grew ~21 KiB per request failed that way."""
+        if self.writer.is_closing():
+            raise ConnectionError("the connection to the vLLM engine is closed")
+        try:
+            self.writer.write((json.dumps(obj, separators=(",", ":")) + "\n").encode())
+            await self.writer.drain()
+        except OSError as err:
+            err.__traceback__ = None
+            raise ConnectionError(f"the connection to the vLLM engine was lost ({err})") from None
 
     async def _engine_health(self):
         """None when the engine answers its health check, else why not."""
