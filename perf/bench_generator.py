@@ -14,6 +14,8 @@ same machine and competes for its cores: on a 2-core box the numbers are a lower
         [--workers N]     # tritonkit perf --workers N (client CPU then sums every worker and the parent)
         [--instances N]   # ground-truth model instances in Triton (a fleet-sized server on many cores)
         [--protocol openai [--server-processes N]]  # the OpenAI SSE path against perf/sse_ground_truth.py
+        [--streams aio,threads]  # gRPC transports to sweep in turn, each TRANSPORT[/STREAMS[/CHANNELS]]
+                                 # (see bench_vs_perf_analyzer.py); default: tritonkit's default
 """
 
 from __future__ import annotations
@@ -40,6 +42,17 @@ from tritonkit.runtime.local import LocalServer, group_members
 from tritonkit.runtime.spec import ServerSpec, free_port
 
 REPO = Path(__file__).resolve().parent / "ground_truth_repo"
+
+
+def mode_env(mode: str) -> dict[str, str]:
+    """TRANSPORT[/STREAMS[/CHANNELS]] -> tritonkit's gRPC transport settings (environment)."""
+    parts = mode.split("/")
+    env = {"TRITONKIT_GRPC_STREAMS": parts[0]}
+    if len(parts) > 1:
+        env["TRITONKIT_GRPC_STREAM_COUNT"] = parts[1]
+    if len(parts) > 2:
+        env["TRITONKIT_GRPC_CHANNELS"] = parts[2]
+    return env
 
 
 async def one_rate(protocol: str, url: str, rate: float, seconds: float, chunks: int, workers: int = 1) -> dict:
@@ -124,6 +137,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--instances", type=int, default=1, help="ground-truth model instances (Triton)")
     ap.add_argument("--server-processes", type=int, default=1, help="SSE ground-truth server processes (openai)")
+    ap.add_argument("--streams", default="", help="gRPC transports to sweep in turn (TRANSPORT[/STREAMS[/CHANNELS]])")
     ap.add_argument("--split-cores", action="store_true",
                     help="pin Triton (and its backend stubs) to CPU 0 and this load generator to the others, "
                          "so the generator is measured on cores of its own")
@@ -134,15 +148,26 @@ def main() -> None:
             raise SystemExit("--split-cores needs at least 2 CPUs")
         os.sched_setaffinity(0, cpus[1:])  # before any thread exists: gRPC's threads inherit it
     rows = []
+    modes = [m for m in args.streams.split(",") if m] or [""]
+    mode_rows: dict[str, list] = {m: [] for m in modes}
 
     def sweep(url: str) -> None:
         for rate in parse_values(args.rates):
-            row = asyncio.run(one_rate(args.protocol, url, rate, args.seconds, args.chunks, args.workers))
-            rows.append(row)
-            print(f"rate {rate:7.0f}/s: sent {row['sent']:6d} ok {row['ok']:6d} failed {row['failed']:4d} "
-                  f"started {row['send_rate']:7.1f}/s  lag p50 {row['lag_p50_ms']:6.2f} ms p99 {row['lag_p99_ms']:7.2f} ms  "
-                  f"e2e p50 {row['e2e_p50_ms']:6.1f} ms  client CPU {row['cpu_s'] / row['wall_s']:4.0%} "
-                  f"= {row['cpu_per_1000']:.3f} s per 1000 req {row['errors'] or ''}", flush=True)
+            for mode in modes:  # alternating, so a noisy moment hits every transport alike
+                run_mode(url, rate, mode)
+
+    def run_mode(url: str, rate: float, mode: str) -> None:
+        for key in ("TRITONKIT_GRPC_STREAMS", "TRITONKIT_GRPC_STREAM_COUNT", "TRITONKIT_GRPC_CHANNELS"):
+            os.environ.pop(key, None)
+        os.environ.update(mode_env(mode) if mode else {})  # read by the client; inherited by workers
+        row = asyncio.run(one_rate(args.protocol, url, rate, args.seconds, args.chunks, args.workers))
+        rows.append(row)
+        mode_rows[mode].append(row)
+        print(f"{mode + ' ' if mode else ''}rate {rate:7.0f}/s: sent {row['sent']:6d} ok {row['ok']:6d} "
+              f"failed {row['failed']:4d} started {row['send_rate']:7.1f}/s  lag p50 {row['lag_p50_ms']:6.2f} ms "
+              f"p99 {row['lag_p99_ms']:7.2f} ms  e2e p50 {row['e2e_p50_ms']:6.1f} ms  "
+              f"client CPU {row['cpu_s'] / row['wall_s']:4.0%} = {row['cpu_per_1000']:.3f} s per 1000 req "
+              f"{row['errors'] or ''}", flush=True)
 
     if args.protocol == "openai":
         with sse_server(args.server_processes, {cpus[0]} if args.split_cores else None) as url:
@@ -159,20 +184,22 @@ def main() -> None:
                 if args.split_cores:
                     pin_group(server.pid, {cpus[0]})  # and every thread and stub that started meanwhile
                 sweep(spec.grpc_url if args.protocol == "grpc" else spec.http_url)
-    good = [r for r in rows if r["lag_p99_ms"] < 2 and r["send_rate"] >= 0.95 * r["rate"] and r["failed"] == 0]
-    best = max(good, key=lambda r: r["rate"], default=None)
     print()
     where = (f"Triton pinned to CPU {cpus[0]}, the generator to CPUs {cpus[1:]}" if args.split_cores
              else "Triton on the same cores")
     print(f"machine: {os.cpu_count()} cores; protocol {args.protocol}; {args.workers} worker(s); {args.chunks} chunks per request; "
           f"{args.seconds:g} s per rate; {where}")
-    if best:
-        print(f"highest open-loop rate with p99 send lag < 2 ms: {best['rate']:g} req/s "
-              f"(p99 lag {best['lag_p99_ms']:.2f} ms)")
-    else:
-        print("no rate kept p99 send lag under 5 ms")
-    ref = best or rows[0]
-    print(f"client CPU per 1,000 streamed requests: {ref['cpu_per_1000']:.3f} s (at {ref['rate']:g} req/s)")
+    for mode, got in mode_rows.items():
+        label = f"[{mode}] " if mode else ""
+        good = [r for r in got if r["lag_p99_ms"] < 2 and r["send_rate"] >= 0.95 * r["rate"] and r["failed"] == 0]
+        best = max(good, key=lambda r: r["rate"], default=None)
+        if best:
+            print(f"{label}highest open-loop rate with p99 send lag < 2 ms: {best['rate']:g} req/s "
+                  f"(p99 lag {best['lag_p99_ms']:.2f} ms)")
+        else:
+            print(f"{label}no rate kept p99 send lag under 2 ms")
+        ref = best or got[0]
+        print(f"{label}client CPU per 1,000 streamed requests: {ref['cpu_per_1000']:.3f} s (at {ref['rate']:g} req/s)")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,11 @@ tritonkit's CLI (`tritonkit perf --concurrency N --json`) and perf_analyzer (`--
 --concurrency-range N`, its profile export for per-request times), alternating, `--repeat` times.
 Printed: req/s and e2e p50 of both, their ratios (tritonkit / perf_analyzer) and client CPU.
 
+tritonkit's gRPC transports (--streams, comma-separated, each TRANSPORT[/STREAMS[/CHANNELS]]):
+aio (the default: grpc.aio, no threads of ours), threads (sync gRPC, two threads a stream; "shared"
+is its old name), per-request (one stream per request); STREAMS per worker process (closed-loop users
+get one each up to that many) and CHANNELS (TCP connections) per worker, e.g. aio/16/4.
+
 perf_analyzer is the binary inside the tritonclient 2.41.0 wheel:
     pip download --no-deps tritonclient==2.41.0 -d /tmp/pa && cd /tmp/pa && unzip -q tritonclient-*.whl
     apt-get install -y libb64-0d     # and a libcudart.so.12 on LD_LIBRARY_PATH (the pytriton wheel has one)
@@ -19,6 +24,9 @@ Against a server already running (the GPU run, perf/device_generator.sh): --url 
 --repository REPO --preset classification: both generators get the same prompts (tritonkit's workload
 for that preset, written out as perf_analyzer's --input-data), nothing is pinned, and --starved USERS adds
 a deliberately starved tritonkit run (--workers 1 on one core) that must be flagged client-limited.
+With --metrics-url (Triton's /metrics), each run of either generator also gets vLLM's own mean e2e
+latency over it and, by Little's law, the users inside vLLM: whether time outside vLLM is the
+client's (only tritonkit's runs lose it) or the frontend's (perf_analyzer's too).
 """
 
 from __future__ import annotations
@@ -32,7 +40,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -43,7 +50,7 @@ from tritonkit.runtime.spec import ServerSpec, free_port  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from bench_generator import pin_group  # noqa: E402
+from bench_generator import mode_env, pin_group  # noqa: E402
 
 PROMPT = "the quick brown fox jumps over the lazy dog " * 3
 
@@ -63,8 +70,15 @@ def _child_cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
+def vllm_e2e(before: dict | None, after: dict | None) -> float | None:
+    """vLLM's own mean e2e latency between two scrapes (None without vLLM metrics)."""
+    from tritonkit.perf import server_metrics, verdict
+
+    return verdict.server_latency_s(server_metrics.diff(before, after))
+
+
 def run_tritonkit(url: str, users: int, seconds: float, workload_args: list[str], cpu: int | None,
-                  workers: str | None, out: Path, streams: str = "shared") -> dict:
+                  workers: str | None, out: Path, streams: str = "aio") -> dict:
     pin = ["taskset", "-c", str(cpu)] if cpu is not None else []
     cmd = [*pin, sys.executable, "-m", "tritonkit", "perf", "--url", url, "--concurrency", str(users),
            "--duration", str(seconds), "--warmup", "2", "--json", "--out", str(out), *workload_args]
@@ -72,11 +86,14 @@ def run_tritonkit(url: str, users: int, seconds: float, workload_args: list[str]
         cmd += ["--workers", workers]
     cpu0 = _child_cpu()
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds * 4 + 120,
-                          env={**os.environ, "PYTHONPATH": str(HERE.parent), "TRITONKIT_GRPC_STREAMS": streams})
+                          env={**os.environ, "PYTHONPATH": str(HERE.parent), **mode_env(streams)})
     if proc.returncode != 0:
         raise SystemExit(f"tritonkit perf failed: {proc.stderr[-2000:]}")
     step = json.loads(proc.stdout)["steps"][0]
+    from tritonkit.perf import verdict
+
     return {"rps": step["requests_per_s"], "p50": step["latency_s"]["e2e"]["p50"], "ok": step["ok"],
+            "server_s": verdict.server_latency_s(step.get("server_metrics") or {}),
             "p90": step["latency_s"]["e2e"]["p90"], "cpu_s": _child_cpu() - cpu0,
             "cpu_in_step_s": step.get("client_cpu_s"), "limited": step.get("client_limited"),
             "note": step.get("client_note", "")}
@@ -105,7 +122,7 @@ def preset_rows(repository: str, model: str, preset: str, n: int = 500) -> list[
 
 
 def run_pa(pa: str, url: str, model: str, users: int, seconds: float, data: Path, cpu: int | None,
-           tmp: Path) -> dict:
+           tmp: Path, metrics_url: str | None = None) -> dict:
     export = tmp / f"pa-{users}.json"
     export.unlink(missing_ok=True)
     pin = ["taskset", "-c", str(cpu)] if cpu is not None else []
@@ -114,8 +131,12 @@ def run_pa(pa: str, url: str, model: str, users: int, seconds: float, data: Path
            "--input-data", str(data), "--profile-export-file", str(export), "--max-trials", "6", "--stability-percentage", "100"]
     env = {**os.environ, "LD_LIBRARY_PATH": ":".join(p for p in (os.environ.get("PA_LIB", ""),
                                                                    os.environ.get("LD_LIBRARY_PATH", "")) if p)}
+    from tritonkit.perf import server_metrics
+
     cpu0 = _child_cpu()
+    before = server_metrics.scrape(metrics_url)
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds * 10 + 120, env=env)
+    server_s = vllm_e2e(before, server_metrics.scrape(metrics_url))  # over all its trials
     if proc.returncode != 0:
         raise SystemExit(f"perf_analyzer failed ({proc.returncode}): {proc.stdout[-1500:]} {proc.stderr[-1500:]}")
     rps = None
@@ -126,7 +147,12 @@ def run_pa(pa: str, url: str, model: str, users: int, seconds: float, data: Path
     reqs = doc["experiments"][-1]["requests"]
     e2e = sorted((r["response_timestamps"][-1] - r["timestamp"]) / 1e9 for r in reqs if r.get("response_timestamps"))
     return {"rps": rps, "p50": statistics.median(e2e), "p90": e2e[int(0.9 * (len(e2e) - 1))], "ok": len(e2e),
-            "cpu_s": _child_cpu() - cpu0}
+            "cpu_s": _child_cpu() - cpu0, "server_s": server_s}
+
+
+def _inside(r: dict) -> str:
+    """Users inside vLLM by Little's law (req/s x vLLM's own mean e2e), where vLLM's metrics came."""
+    return "" if not r.get("server_s") else f" ({r['rps'] * r['server_s']:.0f} inside vLLM, its e2e {r['server_s'] * 1000:.0f} ms)"
 
 
 def compare(args, pa: str, url: str, model: str, data: Path, workload_args: list[str], pa_cpu, tk_cpu,
@@ -138,17 +164,19 @@ def compare(args, pa: str, url: str, model: str, data: Path, workload_args: list
         tk: dict[str, list] = {m: [] for m in modes}
         pas = []
         for rep in range(args.repeat):
-            pas.append(run_pa(pa, url, model, users, args.seconds, data, pa_cpu, tmp))
+            pas.append(run_pa(pa, url, model, users, args.seconds, data, pa_cpu, tmp, args.metrics_url))
             p = pas[-1]
             for mode in modes:
                 tk[mode].append(run_tritonkit(url, users, args.seconds, workload_args, tk_cpu, args.workers,
                                               tmp / f"tk-{users}-{rep}-{mode}", mode))
                 t = tk[mode][-1]
-                print(f"{users:4d} users run {rep + 1}: tritonkit ({mode} streams) {t['rps']:7.1f} req/s p50 "
-                      f"{t['p50'] * 1000:7.2f} ms | perf_analyzer {p['rps']:7.1f} req/s p50 {p['p50'] * 1000:7.2f} ms | "
-                      f"ratio {t['rps'] / p['rps']:.2f}x rps, {t['p50'] / p['p50']:.2f}x p50 | {t['note']}", flush=True)
+                print(f"{users:4d} users run {rep + 1}: tritonkit ({mode}) {t['rps']:7.1f} req/s p50 "
+                      f"{t['p50'] * 1000:7.2f} ms{_inside(t)} | perf_analyzer {p['rps']:7.1f} req/s p50 "
+                      f"{p['p50'] * 1000:7.2f} ms{_inside(p)} | ratio {t['rps'] / p['rps']:.2f}x rps, "
+                      f"{t['p50'] / p['p50']:.2f}x p50 | client CPU {t['cpu_s']:.1f} s vs {p['cpu_s']:.1f} s | {t['note']}",
+                      flush=True)
         for mode in modes:
-            rows.append((users if len(modes) == 1 else f"{users} ({mode} streams)", tk[mode], pas))
+            rows.append((users if len(modes) == 1 else f"{users} ({mode})", tk[mode], pas))
     return rows
 
 
@@ -187,8 +215,9 @@ def main() -> None:
     ap.add_argument("--model", default="ground_truth")
     ap.add_argument("--repository", default=None)
     ap.add_argument("--preset", default="classification")
-    ap.add_argument("--streams", default="shared", help="tritonkit's gRPC modes to run: shared,per-request "
-                    "(TRITONKIT_GRPC_STREAMS; per-request is one stream per request, the pattern before issue 13)")
+    ap.add_argument("--streams", default="aio", help="tritonkit's gRPC transports to run, comma-separated, each "
+                    "TRANSPORT[/STREAMS[/CHANNELS]] (aio, threads, per-request; see the docstring)")
+    ap.add_argument("--metrics-url", default=None, help="Triton's metrics URL: vLLM's own latency per run")
     ap.add_argument("--starved", type=int, default=0, help="users of a starved run (--workers 1, one core)")
     args = ap.parse_args()
     _pa_libs()
@@ -203,7 +232,8 @@ def main() -> None:
             if args.starved:
                 last = sorted(os.sched_getaffinity(0))[-1]
                 args.workers = "1"
-                t = run_tritonkit(args.url, args.starved, args.seconds, workload_args, last, "1", tmp / "starved")
+                t = run_tritonkit(args.url, args.starved, args.seconds, workload_args, last, "1", tmp / "starved",
+                                  args.streams.split(",")[0])
                 print(f"\nstarved run (--workers 1 pinned to CPU {last}, {args.starved} users): {t['rps']:.1f} req/s, "
                       f"p50 {t['p50'] * 1000:.1f} ms; flagged client-limited: {t['limited']}\n  {t['note']}")
             return

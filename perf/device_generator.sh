@@ -3,7 +3,13 @@
 # vLLM backend, built by perf/device_run.sh p2), loaded in turn by both generators, closed loop,
 # classification preset (same prompts and sampling for both), 128 and 256 users; then a starved
 # tritonkit run (--workers 1 pinned to one core, 512 users) that must be flagged client-limited.
-# Prints one table (perf/bench_vs_perf_analyzer.py --url mode).
+# Prints one table (perf/bench_vs_perf_analyzer.py --url mode) with tritonkit's gRPC transports side by side
+# (MODES, each TRANSPORT[/STREAMS[/CHANNELS]] per worker):
+#   aio       grpc.aio, one event loop, no threads of ours; 64 streams a worker (a stream per user)
+#   aio/16    the same with 16 streams a worker (at 256 users: 2 users a stream; does sharing cost?)
+#   aio/64/8  8 TCP connections a worker (perf_analyzer puts at most 6 contexts on a connection)
+#   threads   the sync-gRPC transport before (two threads a stream, 16 streams a worker)
+# and for every run, perf_analyzer's too, vLLM's own e2e latency (its metrics) and so the users inside vLLM.
 #
 # Here, once (network): bash perf/device_generator.sh prepare   # -> .whl/pa (perf_analyzer + libb64, ~18 MiB)
 # On the device, on the warm machine after `device_run.sh p1` and `p2` (vLLM installed, model built):
@@ -57,8 +63,9 @@ set -- $PORTS
   --http-port "$1" --grpc-port "$2" --metrics-port "$3" --timeout 300 || { echo "Triton did not start"; exit 5; }
 echo "triton ready after $(( $(date +%s) - T0 )) s"
 timeout $(( 560 - ($(date +%s) - T0) )) "$PY" perf/bench_vs_perf_analyzer.py --pa "$PA" --url "127.0.0.1:$2" \
-  --model "$MODEL" --repository "$WORK/repo" --preset classification --concurrency 128,256 --streams shared,per-request \
-  --seconds "${SECONDS_PER_RUN:-15}" --repeat 1 --starved 512
+  --model "$MODEL" --repository "$WORK/repo" --preset classification --concurrency 128,256 \
+  --streams "${MODES:-aio,aio/16,aio/64/8,threads}" --metrics-url "http://127.0.0.1:$3/metrics" \
+  --seconds "${SECONDS_PER_RUN:-12}" --repeat 1 --starved 512
 echo "bench exit $? after $(( $(date +%s) - T0 )) s"
 "$PY" -m tritonkit stop --name gen-vs-pa >/dev/null 2>&1
 cp "$TRITONKIT_HOME"/servers/gen-vs-pa/server.log "$OUT"/triton-server.log 2>/dev/null

@@ -1,4 +1,5 @@
-"""The load generator's gRPC hot path: long-lived ModelStreamInfer streams shared by many requests.
+"""The load generator's gRPC transport on threads (TRITONKIT_GRPC_STREAMS=threads): long-lived
+ModelStreamInfer streams shared by many requests. The default is grpc_aio_streams (no threads).
 
 perf_analyzer keeps its streams open and tells responses apart by request id; so does this.
 Per stream: a sender (gRPC's own thread, draining a queue of ready-made request bytes) and a
@@ -6,7 +7,8 @@ reader thread that stamps each response's arrival time *first*, before any parsi
 timestamps do not wait for the asyncio loop (a starved loop shows up as send lag, not hidden in
 the latencies). The reader fills the caller's record directly and wakes the loop once per request,
 on its final response. Each prompt's request bytes are built once and cached; per request only
-the id is appended (protobuf: a later singular field wins, so bytes concatenate).
+the id is appended (protobuf: a later singular field wins, so bytes concatenate); the client
+(triton_grpc) keeps that cache.
 
 The trade-off: a request on a shared stream cannot be cancelled alone. One that times out is
 forgotten (its late responses are dropped) while the server finishes it; closing the pool cancels
@@ -27,7 +29,6 @@ from tritonclient.grpc import service_pb2
 from tritonkit.client.base import RequestError
 
 METHOD = "/inference.GRPCInferenceService/ModelStreamInfer"
-_CACHE_MAX = 20000  # distinct (prompt, sampling) request bodies kept
 
 
 def _id_field(request_id: str) -> bytes:
@@ -128,19 +129,7 @@ class StreamPool:
         self.rpc_error, self.server_error = rpc_error, server_error
         self.n_streams = max(1, n_streams)
         self.streams: list[_Stream | None] = [None] * self.n_streams
-        self.bodies: dict[tuple, bytes] = {}
         self.next_slot = 0
-
-    def body(self, key: tuple, build: Callable[[], bytes]) -> bytes:
-        try:
-            b = self.bodies.get(key)
-        except TypeError:  # an unhashable sampling value (a list of stop strings): not cached
-            return build()
-        if b is None:
-            b = build()
-            if len(self.bodies) < _CACHE_MAX:
-                self.bodies[key] = b
-        return b
 
     def _stream(self, slot: int) -> _Stream:
         i = slot % self.n_streams

@@ -22,12 +22,20 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from tritonkit.client.base import Chunk, RequestError, StreamClient, UnknownModel, Unreachable, sampling_json
 from tritonkit.client.grpc_streams import StreamPool
-from tritonkit.errors import ServerError
+from tritonkit.client.grpc_aio_streams import AioStreamPool
+from tritonkit.errors import ServerError, UsageError
 
 _BOOL_INPUTS = ("stream", "exclude_input_in_output", "return_num_input_tokens",
                 "return_num_output_tokens", "return_finish_reason")
 _MAX_MESSAGE = 2**31 - 1
+_OPTIONS = (("grpc.max_send_message_length", _MAX_MESSAGE), ("grpc.max_receive_message_length", _MAX_MESSAGE))
 _U32 = struct.Struct("<I")
+_CACHE_MAX = 20000  # distinct (prompt, sampling) request bodies kept
+# The load generator's gRPC transport (TRITONKIT_GRPC_STREAMS), to compare them on one server:
+#   aio          shared long-lived streams on grpc.aio, all on the event loop (grpc_aio_streams)
+#   threads      shared long-lived streams on sync gRPC, two threads a stream (grpc_streams; was "shared")
+#   per-request  one stream per request (the pattern before issue 13; cancels exactly one request)
+TRANSPORTS = ("aio", "threads", "per-request")
 
 
 def _bytes_tensor(value: bytes) -> bytes:
@@ -77,6 +85,14 @@ def _parse(resp, t: float) -> Chunk:
     return Chunk(text, n_out, reason, n_in, t, final)
 
 
+def _env_int(name: str, default: int) -> int:
+    text = os.environ.get(name, "")
+    try:
+        return max(1, int(text)) if text else default
+    except ValueError:
+        raise UsageError(f"{name}={text!r} is not a whole number") from None
+
+
 def _server_error(message: str, model: str) -> Exception:
     if "unknown model" in message.lower():
         return UnknownModel(f"the server does not serve model {model!r}: {message}",
@@ -92,17 +108,20 @@ class TritonGrpcClient(StreamClient):
         self._channel: grpc.aio.Channel | None = None
         self._stub: service_pb2_grpc.GRPCInferenceServiceStub | None = None
         self._template = _request_template(model)
-        self._pool: StreamPool | None = None
-        self.n_streams = 16  # shared streams of the load generator's hot path (`request`)
-        # TRITONKIT_GRPC_STREAMS=per-request: one stream per request on the hot path too (to compare)
-        self.shared_streams = os.environ.get("TRITONKIT_GRPC_STREAMS", "shared") != "per-request"
+        self._pool: StreamPool | AioStreamPool | None = None
+        self._bodies: dict[tuple, bytes] = {}
+        self.transport = os.environ.get("TRITONKIT_GRPC_STREAMS", "aio").replace("shared", "threads")
+        if self.transport not in TRANSPORTS:
+            raise UsageError(f"TRITONKIT_GRPC_STREAMS={self.transport!r} is not a transport",
+                             f"use one of: {', '.join(TRANSPORTS)}")
+        # Streams a process opens (closed-loop users get one each up to this many) and the TCP
+        # connections they share; TRITONKIT_GRPC_STREAM_COUNT / TRITONKIT_GRPC_CHANNELS to measure others.
+        self.n_streams = _env_int("TRITONKIT_GRPC_STREAM_COUNT", 64 if self.transport == "aio" else 16)
+        self.n_channels = _env_int("TRITONKIT_GRPC_CHANNELS", 1)
 
     def _get_stub(self) -> service_pb2_grpc.GRPCInferenceServiceStub:
         if self._stub is None:  # created lazily: a grpc.aio channel belongs to the running loop
-            self._channel = grpc.aio.insecure_channel(self.url, options=[
-                ("grpc.max_send_message_length", _MAX_MESSAGE),
-                ("grpc.max_receive_message_length", _MAX_MESSAGE),
-            ])
+            self._channel = grpc.aio.insecure_channel(self.url, options=list(_OPTIONS))
             self._stub = service_pb2_grpc.GRPCInferenceServiceStub(self._channel)
         return self._stub
 
@@ -176,25 +195,40 @@ class TritonGrpcClient(StreamClient):
         req.raw_input_contents[1] = _bytes_tensor(sampling_json(sampling, lora_name).encode("utf-8"))
         return req.SerializeToString()
 
+    def _body(self, prompt: str, sampling: dict, lora_name: str | None) -> bytes:
+        """The request's bytes without its id, built once per (prompt, sampling, adapter)."""
+        try:
+            key = (prompt, lora_name, *sampling.items())
+            body = self._bodies.get(key)
+        except TypeError:  # an unhashable sampling value (a list of stop strings): not cached
+            return self._build(prompt, sampling, lora_name)
+        if body is None:
+            body = self._build(prompt, sampling, lora_name)
+            if len(self._bodies) < _CACHE_MAX:
+                self._bodies[key] = body
+        return body
+
     async def request(self, prompt: str, sampling: dict, lora_name: str | None, request_id: str,
                       observe, slot: int | None = None) -> None:
-        """The load generator's path: shared long-lived streams (see grpc_streams); `observe` is
-        called on a reader thread with each chunk, stamped on arrival."""
-        if not self.shared_streams:
+        """The load generator's path: shared long-lived streams (grpc_aio_streams, or grpc_streams'
+        threads); `observe` gets each chunk stamped on arrival (on a reader thread for `threads`)."""
+        if self.transport == "per-request":
             return await super().request(prompt, sampling, lora_name, request_id, observe, slot)
         if self._pool is None:
-            self._pool = StreamPool(self.url, self._template, _parse, self._rpc_error,
-                                    lambda message: _server_error(message, self.model), self.n_streams,
-                                    [("grpc.max_send_message_length", _MAX_MESSAGE),
-                                     ("grpc.max_receive_message_length", _MAX_MESSAGE)])
-        pool = self._pool
-        body = pool.body((prompt, lora_name, *sampling.items()), lambda: self._build(prompt, sampling, lora_name))
-        await pool.request(request_id, body, observe, slot)
+            errors = (self._rpc_error, lambda message: _server_error(message, self.model))
+            if self.transport == "aio":
+                self._pool = AioStreamPool(self.url, _parse, *errors, self.n_streams, self.n_channels, _OPTIONS)
+            else:
+                self._pool = StreamPool(self.url, self._template, _parse, *errors, self.n_streams, _OPTIONS)
+        await self._pool.request(request_id, self._body(prompt, sampling, lora_name), observe, slot)
 
     async def close(self) -> None:
         if self._pool is not None:
             pool, self._pool = self._pool, None
-            await asyncio.to_thread(pool.close)
+            if isinstance(pool, AioStreamPool):
+                await pool.close()
+            else:
+                await asyncio.to_thread(pool.close)
         if self._channel is not None:
             await self._channel.close()
             self._channel = self._stub = None
