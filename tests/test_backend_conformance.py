@@ -78,7 +78,8 @@ def start_server(repository: Path, models: list[str], extra_env: dict[str, str])
     try:
         wait_ready(spec.http_url, models, 900, lambda: proc.poll() is None,
                    lambda: log_path.read_text(errors="replace")[-3000:])
-        yield {"grpc": spec.grpc_url, "http": spec.http_url, "metrics": spec.metrics_url, "log": log_path}
+        yield {"grpc": spec.grpc_url, "http": spec.http_url, "metrics": spec.metrics_url, "log": log_path,
+               "repository": repository}
     finally:
         stop_group(proc.pid, 30, proc)
 
@@ -344,13 +345,16 @@ def test_vllm_metrics_with_model_and_version_labels(server, plain):
 
 # --- health (last: it kills plain's engine) ------------------------------------------------------
 
-def engine_pid(model: str) -> int:
+def engine_pid(server, model: str) -> int:
+    """The engine of `model` in this test's server (its model.json is in the server's repository:
+    other servers on the machine, a soak's say, serve models of the same name)."""
+    model_json = f"{server['repository']}/{model}/".encode()
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"tritonkit.backend.engine" in cmdline and model.encode() in cmdline:
+        if b"tritonkit.backend.engine" in cmdline and any(arg.startswith(model_json) for arg in cmdline):
             return int(pid)
     raise AssertionError(f"no engine process for {model}")
 

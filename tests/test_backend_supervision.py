@@ -144,7 +144,7 @@ def streaming_client(server):
 
 
 def test_engine_sigkill_is_noticed_and_healed(server, streaming_client):
-    pid = engine_pid("tiny")
+    pid = engine_pid(server, "tiny")
     # a long request in flight when the engine dies
     long_request = {**BASE_SAMPLING, "max_tokens": "3000"}
     responses = []
@@ -161,14 +161,14 @@ def test_engine_sigkill_is_noticed_and_healed(server, streaming_client):
     assert errors and "was killed by SIGKILL" in errors[-1] and "its last log lines:" in errors[-1], errors
     assert wait_for(lambda: not group_members(pid), 5) < 5  # engine core and workers are gone too
     wait_for(lambda: model_ready(server, "tiny") == (True, True), 400, poll_s=0.5)  # the stream is still open
-    assert engine_pid("tiny") != pid
+    assert engine_pid(server, "tiny") != pid
     assert output_tokens(infer(server, inputs_for(sampling=BASE_SAMPLING, return_num_output_tokens=True))) == 6
     served_again = len(streaming_client)
     wait_for(lambda: any(error is None for _, error in streaming_client[served_again:]), 60)
 
 
 def test_hung_engine_is_noticed_within_the_timeout(server):
-    pid = engine_pid("tiny")
+    pid = engine_pid(server, "tiny")
     os.kill(pid, signal.SIGSTOP)
     stopped_at = time.monotonic()
     try:
@@ -191,7 +191,7 @@ def test_over_the_restart_budget_the_model_stays_down_and_says_why(server):
         wait_for(lambda: model_ready(server, "tiny") == (True, True) or down_for_good(), 400, poll_s=0.5)
         if down_for_good():
             break
-        pid = engine_pid("tiny")
+        pid = engine_pid(server, "tiny")
         os.kill(pid, signal.SIGKILL)
         wait_for(lambda: not group_members(pid), 5)
         wait_for(lambda: model_ready(server, "tiny")[0] is False, 5)
