@@ -10,7 +10,6 @@ import os
 import signal
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
@@ -18,25 +17,15 @@ from tritonkit.client import RequestError, UnknownModel, Unreachable
 from tritonkit.client.triton_grpc import TritonGrpcClient
 from tritonkit.errors import UsageError
 from tritonkit.perf.records import RequestRecord
-from tritonkit.runtime.local import LocalServer
-from tritonkit.runtime.spec import ServerSpec, free_port
 
-REPO = Path(__file__).resolve().parent.parent / "perf" / "ground_truth_repo"
+from ground_truth_server import start_ground_truth
+
 QUICK = {"gt_first_delay_ms": 20, "gt_gap_ms": 5}
-
-
-def _start(name: str) -> LocalServer:
-    spec = ServerSpec(repository=REPO, name=f"{name}-{os.getpid()}", http_port=free_port(),
-                      grpc_port=free_port(), metrics_port=free_port())
-    server = LocalServer(spec)
-    server.start()
-    server.wait_ready(["ground_truth"], 120)
-    return server
 
 
 @pytest.fixture(scope="module")
 def server():
-    s = _start("aio-gt")
+    s = start_ground_truth("aio-gt")
     yield s
     s.stop()
 
@@ -199,7 +188,7 @@ def test_closing_with_requests_in_flight_ends_them_and_aborts_them_on_the_server
 
 @pytest.mark.slow  # starts a server
 def test_a_server_killed_mid_run_fails_what_is_in_flight_and_what_follows(tmp_path):
-    own = _start("aio-kill")
+    own = start_ground_truth("aio-kill")
     try:
         async def go():
             client = _client(own, streams=4)

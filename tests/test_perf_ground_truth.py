@@ -19,7 +19,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
@@ -28,27 +27,18 @@ from tritonkit.perf import slo
 from tritonkit.perf.runner import Runner, RunSpec
 from tritonkit.perf.schedules import Load
 from tritonkit.perf.workload import Workload, corpus_prompts, parse_output_length
-from tritonkit.runtime.local import LocalServer
-from tritonkit.runtime.spec import ServerSpec, free_port
+from tritonkit.runtime.spec import free_port
 
-REPO = Path(__file__).resolve().parent.parent / "perf" / "ground_truth_repo"
+from ground_truth_server import start_ground_truth
+
 FIRST, GAP, K = 0.050, 0.020, 5
 E2E = FIRST + (K - 1) * GAP
 MEDIAN_TOL, P90_TOL, P99_TOL = 0.010, 0.025, 0.050
 
 
-def _start(name: str) -> LocalServer:
-    spec = ServerSpec(repository=REPO, name=f"{name}-{os.getpid()}", http_port=free_port(),
-                      grpc_port=free_port(), metrics_port=free_port())
-    server = LocalServer(spec)
-    server.start()
-    server.wait_ready(["ground_truth"], 120)
-    return server
-
-
 @pytest.fixture(scope="module")
 def server():
-    s = _start("perf-gt")
+    s = start_ground_truth("perf-gt")
     yield s
     s.stop()
 
@@ -200,7 +190,7 @@ def test_bad_flags_are_one_line_errors(tmp_path, args, needle):
     assert "Traceback" not in stderr and not (tmp_path / "o").exists()
 
 
-def test_unreachable_at_start(tmp_path):
+def test_unreachable_atstart_ground_truth(tmp_path):
     port = free_port()
     p = _cli("-m", "m", "--url", f"127.0.0.1:{port}", "--rate", "5", "--duration", "1", "--out", str(tmp_path / "o"))
     _, stderr = p.communicate(timeout=60)
@@ -215,7 +205,7 @@ def _wait_for_progress(p: subprocess.Popen, seconds: float) -> None:
 
 @pytest.mark.slow  # starts a server
 def test_server_killed_mid_run(tmp_path):
-    own = _start("perf-kill")
+    own = start_ground_truth("perf-kill")
     out = tmp_path / "out"
     try:
         p = _cli("-m", "ground_truth", "--url", own.spec.grpc_url, "--rate", "10", "--duration", "60",

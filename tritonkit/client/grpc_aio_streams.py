@@ -31,7 +31,7 @@ import grpc
 from tritonclient.grpc import service_pb2
 
 from tritonkit.client.base import Chunk, RequestError
-from tritonkit.client.grpc_streams import METHOD, _id_field
+from tritonkit.client.grpc_streams import METHOD, _id_field, _settle
 
 _Response = service_pb2.ModelStreamInferResponse
 
@@ -40,14 +40,6 @@ _Response = service_pb2.ModelStreamInferResponse
 class _Pending:
     future: asyncio.Future
     observe: Callable[[Chunk], None]
-
-
-def _settle(future: asyncio.Future, error: BaseException | None) -> None:
-    if not future.done():
-        if error is None:
-            future.set_result(None)
-        else:
-            future.set_exception(error)
 
 
 class _Stream:
