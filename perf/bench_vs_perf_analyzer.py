@@ -8,7 +8,7 @@ tritonkit's CLI (`tritonkit perf --concurrency N --json`) and perf_analyzer (`--
 Printed: req/s and e2e p50 of both, their ratios (tritonkit / perf_analyzer) and client CPU.
 
 tritonkit's gRPC transports (--streams, comma-separated, each TRANSPORT[/STREAMS[/CHANNELS]]):
-aio (the default: grpc.aio, no threads of ours), threads (sync gRPC, two threads a stream; "shared"
+aio (grpc.aio, no threads of ours), threads (the default: sync gRPC, two threads a stream; "shared"
 is its old name), per-request (one stream per request); STREAMS per worker process (closed-loop users
 get one each up to that many) and CHANNELS (TCP connections) per worker, e.g. aio/16/4.
 

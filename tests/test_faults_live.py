@@ -162,7 +162,7 @@ def test_engine_killed_mid_run_failures_counted_by_kind_and_readiness_reported(s
     assert victims, "no engine process found in the server's process group"
     for pid in victims:
         os.kill(pid, signal.SIGKILL)
-    killed_at = time.monotonic()
+    killed_at, killed_wall = time.monotonic(), time.time()
     stdout, stderr = perf.communicate(timeout=120)
     assert perf.returncode == 0, stderr  # --on-error continue (the default): the run goes on
     doc = json.loads(stdout)
@@ -175,7 +175,13 @@ def test_engine_killed_mid_run_failures_counted_by_kind_and_readiness_reported(s
     assert faults["failed"] == len(failed) > 0
     assert sum(k["count"] for k in faults["by_kind"].values()) == len(failed)
     assert {r["error_kind"] for r in failed} == set(faults["by_kind"])
-    assert "connection_lost" in faults["by_kind"], faults
+    # Requests in flight at the kill lose their connection to the engine; those sent while the model
+    # reloads are refused as an unknown model (a kill between two requests leaves only the latter).
+    kill_s = killed_wall - next(e for e in events if e["type"] == "run")["started_at"]
+    in_flight = [r for r in requests if r["sent_s"] is not None and r["done_s"] is not None
+                 and r["sent_s"] <= kill_s - 0.05 and r["done_s"] >= kill_s + 0.05]
+    assert all(r["error_kind"] == "connection_lost" for r in in_flight), in_flight
+    assert set(faults["by_kind"]) <= {"connection_lost", "unknown_model"}, faults
     assert all(k["example"] for k in faults["by_kind"].values())
     assert doc["steps"][0]["failed"] == sum(1 for r in failed if r["step"] == doc["steps"][0]["label"])
     # Readiness was sampled all along; a backend that reports the dead engine shows an interval.

@@ -1,5 +1,5 @@
 """The load generator's gRPC transport on threads (TRITONKIT_GRPC_STREAMS=threads): long-lived
-ModelStreamInfer streams shared by many requests. The default is grpc_aio_streams (no threads).
+ModelStreamInfer streams shared by many requests; the default transport (grpc_aio_streams is the threadless one).
 
 perf_analyzer keeps its streams open and tells responses apart by request id; so does this.
 Per stream: a sender (gRPC's own thread, draining a queue of ready-made request bytes) and a

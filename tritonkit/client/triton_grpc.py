@@ -35,7 +35,12 @@ _CACHE_MAX = 20000  # distinct (prompt, sampling) request bodies kept
 #   aio          shared long-lived streams on grpc.aio, all on the event loop (grpc_aio_streams)
 #   threads      shared long-lived streams on sync gRPC, two threads a stream (grpc_streams; was "shared")
 #   per-request  one stream per request (the pattern before issue 13; cancels exactly one request)
+# The default is threads: it stamps each response's arrival on a reader thread, off the event loop,
+# so a stalled loop shows as send lag and a client-limited verdict. aio stamps on the loop, so a
+# stall hides inside the latencies (tests/test_perf_ground_truth.py's starved client is not caught),
+# though it was faster at 128 users on the H100 (0.78x perf_analyzer against 0.58x).
 TRANSPORTS = ("aio", "threads", "per-request")
+DEFAULT_TRANSPORT = "threads"
 
 
 def _bytes_tensor(value: bytes) -> bytes:
@@ -110,7 +115,7 @@ class TritonGrpcClient(StreamClient):
         self._template = _request_template(model)
         self._pool: StreamPool | AioStreamPool | None = None
         self._bodies: dict[tuple, bytes] = {}
-        self.transport = os.environ.get("TRITONKIT_GRPC_STREAMS", "aio").replace("shared", "threads")
+        self.transport = os.environ.get("TRITONKIT_GRPC_STREAMS", DEFAULT_TRANSPORT).replace("shared", "threads")
         if self.transport not in TRANSPORTS:
             raise UsageError(f"TRITONKIT_GRPC_STREAMS={self.transport!r} is not a transport",
                              f"use one of: {', '.join(TRANSPORTS)}")
