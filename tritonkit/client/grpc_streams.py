@@ -119,13 +119,13 @@ class _Stream:
 class StreamPool:
     """`n_streams` open streams on one channel; requests go to stream `slot % n_streams`."""
 
-    def __init__(self, url: str, template: service_pb2.ModelInferRequest, parse: Callable,
-                 rpc_error: Callable, server_error: Callable, n_streams: int = 8, options=()):
+    def __init__(self, url: str, parse: Callable, rpc_error: Callable, server_error: Callable,
+                 n_streams: int = 8, options=()):
         self.channel = grpc.insecure_channel(url, options=list(options))
         self.method = self.channel.stream_stream(
             METHOD, request_serializer=None,  # bytes go out as they are
             response_deserializer=service_pb2.ModelStreamInferResponse.FromString)
-        self.template, self.parse = template, parse
+        self.parse = parse
         self.rpc_error, self.server_error = rpc_error, server_error
         self.n_streams = max(1, n_streams)
         self.streams: list[_Stream | None] = [None] * self.n_streams

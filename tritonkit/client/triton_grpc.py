@@ -224,7 +224,7 @@ class TritonGrpcClient(StreamClient):
             if self.transport == "aio":
                 self._pool = AioStreamPool(self.url, _parse, *errors, self.n_streams, self.n_channels, _OPTIONS)
             else:
-                self._pool = StreamPool(self.url, self._template, _parse, *errors, self.n_streams, _OPTIONS)
+                self._pool = StreamPool(self.url, _parse, *errors, self.n_streams, _OPTIONS)
         await self._pool.request(request_id, self._body(prompt, sampling, lora_name), observe, slot)
 
     async def close(self) -> None:

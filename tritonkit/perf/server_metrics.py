@@ -51,8 +51,12 @@ def scrape(url: str | None, model: str | None = None, timeout_s: float = 2.0) ->
         return None
 
 
+def _is_gauge(key: str) -> bool:
+    return any(g in _family(key) for g in _GAUGES)
+
+
 def _counters(metrics: dict[str, float]) -> dict[str, float]:
-    return {k: v for k, v in metrics.items() if not any(g in _family(k) for g in _GAUGES)}
+    return {k: v for k, v in metrics.items() if not _is_gauge(k)}
 
 
 def scrape_settled(url: str | None, model: str | None = None, pause_s: float = 0.1,
@@ -84,8 +88,7 @@ def diff(before: dict[str, float] | None, after: dict[str, float] | None) -> dic
         return {}
     changes: dict[str, float] = {}
     for key, value in after.items():
-        gauge = any(g in _family(key) for g in _GAUGES)
-        changes[key] = value if gauge else value - before.get(key, 0.0)
+        changes[key] = value if _is_gauge(key) else value - before.get(key, 0.0)
     means = {}
     for key, total in changes.items():
         fam = _family(key)
