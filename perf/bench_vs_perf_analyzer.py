@@ -74,7 +74,7 @@ def vllm_e2e(before: dict | None, after: dict | None) -> float | None:
     """vLLM's own mean e2e latency between two scrapes (None without vLLM metrics)."""
     from tritonkit.perf import server_metrics, verdict
 
-    return verdict.server_latency_s(server_metrics.diff(before, after))
+    return verdict.server_latency_s(server_metrics.diff(before, after))[0]
 
 
 def run_tritonkit(url: str, users: int, seconds: float, workload_args: list[str], cpu: int | None,
@@ -93,7 +93,7 @@ def run_tritonkit(url: str, users: int, seconds: float, workload_args: list[str]
     from tritonkit.perf import verdict
 
     return {"rps": step["requests_per_s"], "p50": step["latency_s"]["e2e"]["p50"], "ok": step["ok"],
-            "server_s": verdict.server_latency_s(step.get("server_metrics") or {}),
+            "server_s": verdict.server_latency_s(step.get("server_metrics") or {})[0],
             "p90": step["latency_s"]["e2e"]["p90"], "cpu_s": _child_cpu() - cpu0,
             "cpu_in_step_s": step.get("client_cpu_s"), "limited": step.get("client_limited"),
             "note": step.get("client_note", "")}

@@ -324,6 +324,70 @@ def test_client_verdict_names_its_cause():
     s = step(0.001, rps=331.0, e2e=0.78, metrics={"histogram_means": {}})
     verdict.judge(s, Load("concurrency", 256), use(5.5, 0.1, 0.5))
     assert not s.client_limited  # no server latency to judge by: no verdict from Little's law
+    # Behind Triton, vLLM's latency leaves out Triton's path: reported, not judged.
+    triton = {**vllm, "delta": {'nv_inference_request_success{model="m"}': 4965.0}}
+    s = step(0.001, rps=331.0, e2e=0.78, metrics=triton)
+    verdict.judge(s, Load("concurrency", 256), use(5.5, 0.1, 0.5))
+    assert not s.client_limited and "126 of 256 users inside vLLM" in s.client_note, s.client_note
+    assert "Triton's path or the client" in s.client_note
+
+
+def test_verdict_judges_repeated_lateness_not_one_hiccup():
+    from types import SimpleNamespace as NS
+
+    from tritonkit.perf import verdict
+    from tritonkit.perf.loopwatch import LoopLag
+    from tritonkit.perf.records import RequestRecord
+    from tritonkit.perf.schedules import Load
+    from tritonkit.perf.stats import EXACT
+
+    def step(late_lags, n=60):
+        recs = [RequestRecord(i, intended=float(i), sent=float(i) + 0.0002) for i in range(n)]
+        for r, lag in zip(recs, late_lags):
+            r.sent = r.intended + lag
+        return NS(start=0.0, end=3.0, sent=n, ok=n, rps=20.0, send_rate=20.0, server_metrics={}, samples=recs,
+                  percentile_method=EXACT, summaries={"send_lag": NS(p99=max(late_lags, default=0.0002)),
+                                                      "e2e": NS(mean=0.1)},
+                  client_limited=False, client_note="")
+
+    def use(loop=None):
+        return verdict.ClientUsage(1, 0.3, 0.0, 0.3, 0.0, 0.4, 2, loop=loop)
+
+    s = step([0.013])  # one request 13 ms late in 60: a hiccup on a shared machine
+    verdict.judge(s, Load("rate", 20), use())
+    assert not s.client_limited and "1 request(s) sent over 5 ms late" in s.client_note, s.client_note
+    s = step([0.013, 0.02, 0.03])
+    verdict.judge(s, Load("rate", 20), use())
+    assert s.client_limited and "(3 sent late)" in s.client_note, s.client_note
+    # The event loop itself woke late, often: an event-loop stall, named with its numbers.
+    s = step([])
+    verdict.judge(s, Load("concurrency", 4), use(LoopLag(wakes=300, late=40, max_s=0.03, stalled_s=0.9)))
+    assert s.client_limited and "event loop woke over 5 ms late 40 of 300 times (worst 30.0 ms" in s.client_note
+    assert "Cause: an event-loop stall" in s.client_note, s.client_note
+    s = step([])
+    verdict.judge(s, Load("concurrency", 4), use(LoopLag(wakes=300, late=2, max_s=0.03, stalled_s=0.05)))
+    assert not s.client_limited, s.client_note
+    s = step([])  # late now and then, away 0.3 % of the step: reported, not judged
+    verdict.judge(s, Load("concurrency", 4), use(LoopLag(wakes=283, late=3, max_s=0.0097, stalled_s=0.0087)))
+    assert not s.client_limited and "late 3 of 283 times" in s.client_note and "not judged" in s.client_note
+
+
+def test_loop_watch_sees_a_blocked_loop():
+    import asyncio
+    import time
+
+    from tritonkit.perf.loopwatch import LoopWatch
+
+    async def go(block_s):
+        watch = LoopWatch()
+        for _ in range(5):
+            await asyncio.sleep(0.02)
+            time.sleep(block_s)  # a blocking call inside the loop
+        return watch.stop()
+
+    quiet, blocked = asyncio.run(go(0.0)), asyncio.run(go(0.03))
+    assert quiet.wakes >= 5 and blocked.late >= 4 and blocked.max_s >= 0.02, (quiet, blocked)
+    assert blocked.stalled_s > 0.05 and quiet.stalled_s < blocked.stalled_s
 
 
 def test_grpc_request_bytes_are_built_once_per_prompt_and_carry_each_id():

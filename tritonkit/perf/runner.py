@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import os
 import signal
@@ -21,6 +22,7 @@ from tritonkit.client import RequestError, StreamClient, Unreachable, error_kind
 from tritonkit.perf import server_metrics, stability, verdict
 from tritonkit.perf.aggregate import Aggregator, StepResult
 from tritonkit.perf.autorate import AutoRate
+from tritonkit.perf.loopwatch import LoopLag, LoopWatch
 from tritonkit.perf.records import RequestRecord
 from tritonkit.perf.schedules import Load, offsets
 from tritonkit.perf.workload import Workload
@@ -225,6 +227,7 @@ class Runner:
                 kept.append(rec)
 
         ticker = asyncio.create_task(self._tick(load, n, start, measure_from, kept, windows))
+        watch = LoopWatch() if self.pool is None else None  # workers watch their own loops
         try:
             if self.pool is not None:
                 worker_use = await self.pool.step(self, load, n, start, finished)
@@ -233,6 +236,7 @@ class Runner:
                 await self.generate(load, n, start, finished)
         finally:
             ticker.cancel()
+            own_lag = watch.stop() if watch else None
         end = min(self.step_end, time.perf_counter())
         own = verdict.Sample.now()
         stable = None
@@ -248,11 +252,12 @@ class Runner:
         after = await asyncio.to_thread(server_metrics.scrape_settled, spec.metrics_url, self.client.model)
         result = agg.result(load.label, load.kind, load.value, measured_from, end)
         result.stable, result.windows = stable, [w.to_dict(t0) for w in windows]
-        parts = worker_use or [(own.cpu_s - own0.cpu_s, own.wait_s - own0.wait_s)]
+        parts = worker_use or [(own.cpu_s - own0.cpu_s, own.wait_s - own0.wait_s, own_lag)]
         usage = verdict.ClientUsage(
-            workers=len(parts), cpu_s=sum(c for c, _ in parts), wait_s=sum(w for _, w in parts),
-            max_worker_cpu_s=max(c for c, _ in parts), max_worker_wait_s=max(w for _, w in parts),
-            machine_busy=machine.busy_share(), cores=os.cpu_count() or 1)  # /proc/stat covers every CPU
+            workers=len(parts), cpu_s=sum(p[0] for p in parts), wait_s=sum(p[1] for p in parts),
+            max_worker_cpu_s=max(p[0] for p in parts), max_worker_wait_s=max(p[1] for p in parts),
+            machine_busy=machine.busy_share(), cores=os.cpu_count() or 1,  # /proc/stat covers every CPU
+            loop=functools.reduce(LoopLag.merge, (p[2] for p in parts)))
         if worker_use:  # the parent measures, the workers send: both are the client
             usage.cpu_s += own.cpu_s - own0.cpu_s
         result.client_cpu_s = usage.cpu_s

@@ -6,9 +6,13 @@ Evidence gathered per step (all cheap, from /proc on Linux):
     run but had no CPU -- direct evidence of CPU starvation;
   - the whole machine's CPU busy share (/proc/stat), to tell "the server took the cores" apart;
   - send lag (intended -> actual send; closed loop: intended = the user's previous answer + think
-    time), the share of an open-loop schedule started, and for closed loop the users actually
-    inside the server by Little's law on the server's own latency (its metrics) against the users
-    configured.
+    time) and how late each worker's event loop woke up (loopwatch), the share of an open-loop
+    schedule started, and for closed loop the users actually inside the server by Little's law on
+    the server's own latency (its metrics) against the users configured -- judged only where that
+    latency covers the whole server (vLLM's own server). Behind Triton, vLLM's latency leaves out
+    Triton's frontend and backend path, so users "outside vLLM" may be inside Triton: reported, not
+    judged.
+A few late requests (fewer than MIN_LATE) are isolated hiccups: reported in the note, not judged.
 The cause named: the generator's own CPU (a worker's loop is saturated), CPU starvation (it waited
 for a CPU; "machine saturated" when every core was busy), or an event-loop stall (late while
 neither busy nor waiting: blocking calls, GC pauses, a slow callback).
@@ -20,11 +24,16 @@ import os
 import time
 from dataclasses import dataclass
 
+from tritonkit.perf.loopwatch import LoopLag
+from tritonkit.perf.stats import HDR
+
 LAG_LIMIT_S = 0.005  # p99 send lag above this: the client, not the server, set the pace
 BUSY_LOOP = 0.85  # a worker using this share of one core is at its ceiling
 STARVED = 0.10  # run-queue wait above this share of the period (per worker): starved of CPU
 MACHINE_FULL = 0.90
 LITTLE_SHORTFALL = 0.80  # users inside the server below this share of those configured
+MIN_LATE = 3  # late sends or late loop wake-ups needed (beyond the 1 % that p99 allows) to judge
+LOOP_STALLED = 0.05  # an event loop away (beyond 5 ms at a time) this share of the step: judged
 
 
 def _schedstat_wait(pid: int | str = "self") -> float:
@@ -76,13 +85,14 @@ class ClientUsage:
     max_worker_wait_s: float
     machine_busy: float | None  # share of all cores busy (server, generator, anything else)
     cores: int
+    loop: LoopLag | None = None  # the workers' event-loop wake-ups, merged
 
     def to_dict(self) -> dict:
         return {"workers": self.workers, "cpu_s": round(self.cpu_s, 4), "cpu_wait_s": round(self.wait_s, 4),
                 "max_worker_cpu_s": round(self.max_worker_cpu_s, 4),
                 "max_worker_cpu_wait_s": round(self.max_worker_wait_s, 4),
                 "machine_busy": None if self.machine_busy is None else round(self.machine_busy, 3),
-                "cores": self.cores}
+                "cores": self.cores, "event_loop": None if self.loop is None else self.loop.to_dict()}
 
 
 class MachineClock:
@@ -94,15 +104,25 @@ class MachineClock:
         return (busy - self.busy0) / (total - self.total0) if total > self.total0 else None
 
 
-def server_latency_s(server_metrics: dict) -> float | None:
-    """The server's own mean request latency over the step: vLLM's e2e histogram (its standalone
-    server, or Triton's vLLM backend with metrics on). Not Triton's nv_inference_request_duration:
-    for a decoupled model it can end when execute() returns, long before the last response."""
-    means = server_metrics.get("histogram_means", {}) if server_metrics else {}
-    for key, value in means.items():
+def server_latency_s(server_metrics: dict) -> tuple[float | None, bool]:
+    """The server's own mean request latency over the step (vLLM's e2e histogram), and whether it
+    spans the whole server. It does for vLLM's own server; behind Triton (nv_inference_* present)
+    it leaves out Triton's frontend, backend and pipe. Triton's nv_inference_request_duration is no
+    help: for a decoupled model it can end when execute() returns, long before the last response."""
+    if not server_metrics:
+        return None, False
+    behind_triton = any(k.startswith("nv_inference_") for k in server_metrics.get("delta", {}))
+    for key, value in server_metrics.get("histogram_means", {}).items():
         if key.startswith("vllm:e2e_request_latency_seconds"):
-            return value
-    return None
+            return value, not behind_triton
+    return None, False
+
+
+def _late_sends(result) -> int | None:
+    """Requests sent more than LAG_LIMIT_S late (None where only a histogram was kept: soak)."""
+    if getattr(result, "percentile_method", None) == HDR or not getattr(result, "samples", None):
+        return None
+    return sum(1 for r in result.samples if r.send_lag is not None and r.send_lag > LAG_LIMIT_S)
 
 
 def judge(result, load, usage: ClientUsage | None) -> None:
@@ -110,32 +130,53 @@ def judge(result, load, usage: ClientUsage | None) -> None:
     period = result.end - result.start
     lag = result.summaries["send_lag"].p99
     lag_ms = (lag or 0.0) * 1000
-    evidence, limited = [], False
+    evidence, remarks, limited = [], [], False
     if lag is not None and lag > LAG_LIMIT_S:
-        limited = True
-        evidence.append(f"p99 send lag {lag_ms:.1f} ms")
+        late = _late_sends(result)
+        if late is None or late >= MIN_LATE:
+            limited = True
+            evidence.append(f"p99 send lag {lag_ms:.1f} ms" + ("" if late is None else f" ({late} sent late)"))
+        else:
+            remarks.append(f"{late} request(s) sent over {LAG_LIMIT_S * 1000:.0f} ms late (isolated, not judged)")
+    loop = usage.loop if usage else None
+    if loop and loop.late >= MIN_LATE:
+        if period > 0 and loop.stalled_s >= LOOP_STALLED * period:
+            limited = True
+            evidence.append(_loop_text(loop))
+        else:
+            remarks.append(_loop_text(loop) + " (brief, not judged)")
     if load.open_loop:
         if result.send_rate < 0.95 * load.value and result.sent >= 20:
             limited = True
             evidence.append(f"{result.send_rate:.1f} of {load.value:g} req/s started")
     else:
-        server_lat = server_latency_s(result.server_metrics)
+        server_lat, whole_server = server_latency_s(result.server_metrics)
         if server_lat is not None and result.rps > 0:
             inside = result.rps * server_lat  # Little's law on the server's own latency
-            evidence_inside = f"{inside:.0f} of {int(load.value)} users inside the server (Little's law: " \
-                              f"{result.rps:.1f} req/s x its own latency {server_lat * 1000:.1f} ms)"
-            outside = (result.summaries["e2e"].mean or 0.0) - server_lat  # per request, outside the server
-            if inside < LITTLE_SHORTFALL * load.value and outside > LAG_LIMIT_S and result.ok >= 20:
+            where = "the server" if whole_server else "vLLM"
+            text = (f"{inside:.0f} of {int(load.value)} users inside {where} (Little's law: "
+                    f"{result.rps:.1f} req/s x its own latency {server_lat * 1000:.1f} ms)")
+            outside = (result.summaries["e2e"].mean or 0.0) - server_lat  # per request, outside it
+            short = inside < LITTLE_SHORTFALL * load.value and outside > LAG_LIMIT_S and result.ok >= 20
+            if short and whole_server:
                 limited = True
-                evidence.append(evidence_inside)
+                evidence.append(text)
+            elif short:  # the rest may wait in Triton's path as well as in the client: not ours to judge
+                remarks.append(text + "; the others are in Triton's path or the client")
     use = _usage_text(usage, period)
+    more = "".join(f"; {r}" for r in remarks)
     if not limited:
-        result.client_note = f"schedule kept (p99 send lag {lag_ms:.2f} ms; {use})"
+        result.client_note = f"schedule kept (p99 send lag {lag_ms:.2f} ms; {use}){more}"
         return
     result.client_limited = True
     result.client_note = (f"CLIENT-LIMITED: {', '.join(evidence)}; {use}. Cause: {_cause(usage, period)}. "
                           f"Latencies include the client's delay; run more --workers or the client elsewhere "
-                          f"to see the server's own limit.")
+                          f"to see the server's own limit{more}.")
+
+
+def _loop_text(loop: LoopLag) -> str:
+    return (f"event loop woke over {LAG_LIMIT_S * 1000:.0f} ms late {loop.late} of {loop.wakes} times "
+            f"(worst {loop.max_s * 1000:.1f} ms, {loop.stalled_s:.2f} s stalled in all)")
 
 
 def _usage_text(usage: ClientUsage | None, period: float) -> str:
@@ -164,5 +205,6 @@ def _cause(usage: ClientUsage | None, period: float) -> str:
                     f"e.g. by the server) and a worker's threads waited {waited:.2f} s per second for a CPU")
         return (f"CPU starvation: a worker's threads waited {waited:.2f} s per second for a CPU while the machine was "
                 f"{'?' if machine is None else f'{machine:.0%}'} busy (pinned to too few cores, or a CPU quota)")
+    seen = f"; {_loop_text(usage.loop)}" if usage.loop and usage.loop.late else ""
     return (f"an event-loop stall: the generator was late while using {busiest:.0%} of a core and waiting "
-            f"{waited:.2f} s per second for a CPU (blocking calls, GC pauses or slow callbacks in the loop)")
+            f"{waited:.2f} s per second for a CPU (blocking calls, GC pauses or slow callbacks in the loop{seen})")

@@ -25,6 +25,7 @@ import signal
 import sys
 
 from tritonkit.errors import UsageError
+from tritonkit.perf.loopwatch import LoopLag
 from tritonkit.perf.schedules import Load
 
 OPEN_LOOP_PER_WORKER = 400.0  # req/s one worker sends comfortably (auto)
@@ -89,6 +90,7 @@ async def _serve(index, of, protocol, url, model, workload, spec, commands, resu
     from tritonkit.client import open_client
     from tritonkit.perf import runner as runner_mod
     from tritonkit.perf import verdict
+    from tritonkit.perf.loopwatch import LoopWatch
     from tritonkit.perf.runner import Runner, Share
 
     client = open_client(protocol, url, model)
@@ -121,17 +123,19 @@ async def _serve(index, of, protocol, url, model, workload, spec, commands, resu
 
             runner.step_end = step_end.value
             before = verdict.Sample.now()
+            watch = LoopWatch()
             follower = asyncio.create_task(follow())
             try:
                 await runner.generate(load, n, start, batch.append)
             finally:
                 follower.cancel()
+            loop_lag = watch.stop()
             flush()
             quiet.__exit__(None, None, None)
             after = verdict.Sample.now()
             if runner.status == "failed":
                 results.put(("halt", index, runner.status, runner.message))
-            results.put(("end", index, after.cpu_s - before.cpu_s, after.wait_s - before.wait_s))
+            results.put(("end", index, after.cpu_s - before.cpu_s, after.wait_s - before.wait_s, loop_lag))
     finally:
         await client.close()
 
@@ -185,13 +189,13 @@ class WorkerPool:
         except queue.Empty:
             return None
 
-    async def step(self, runner, load: Load, n: int, start: float, finished) -> list[tuple[float, float]]:
+    async def step(self, runner, load: Load, n: int, start: float, finished) -> list[tuple]:
         """Run step n on every worker; feed each record to `finished` as it comes; the workers' (CPU
-        seconds, seconds waiting for a CPU)."""
+        seconds, seconds waiting for a CPU, LoopLag of their event loop)."""
         self.step_end.value = runner.step_end
         for q in self.commands:
             q.put(("step", load, n, start))
-        use: dict[int, tuple[float, float]] = {}
+        use: dict[int, tuple] = {}
         while len(use) < self.n:
             self.step_end.value = runner.step_end  # stability may end a sweep step early
             if runner.stop.is_set():
@@ -204,12 +208,12 @@ class WorkerPool:
                     for rec in msg[2]:
                         finished(rec)
                 elif kind == "end":
-                    use[k] = (msg[2], msg[3])
+                    use[k] = (msg[2], msg[3], msg[4])
                 elif kind == "halt":
                     runner.halt(msg[2], msg[3])
                 elif kind == "error":
                     runner.halt("failed", f"load generator worker {k} failed: {msg[2]}")
-                    use[k] = (0.0, 0.0)
+                    use[k] = (0.0, 0.0, LoopLag())
                 try:
                     msg = self.results.get_nowait()
                 except queue.Empty:
@@ -219,5 +223,5 @@ class WorkerPool:
                 if dead:
                     runner.halt("failed", f"load generator worker {dead[0]} died")
                     for k in dead:
-                        use[k] = (0.0, 0.0)
+                        use[k] = (0.0, 0.0, LoopLag())
         return [use[k] for k in sorted(use)]
