@@ -192,6 +192,17 @@ def tk(*args: str, env: dict, **kw) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "tritonkit", *args], env=env, text=True, capture_output=True, **kw)
 
 
+def _interrupted(signum, frame) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def take_stop_signals() -> None:
+    """A shell without job control starts background jobs with SIGINT ignored, and Python keeps it
+    so: take SIGINT and SIGTERM ourselves, so that both stop perf and the server and keep the files."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _interrupted)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--duration", type=float, default=3600.0)
@@ -209,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
         print_verdict(verdict)
         return 0 if all(v is not False for v in verdict["checks"].values()) else 1
     out.mkdir(parents=True, exist_ok=True)
+    take_stop_signals()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     say = (lambda m: print(f"[soak {time.strftime('%H:%M:%S')}] {m}", flush=True))
 
@@ -261,7 +273,13 @@ def main(argv: list[str] | None = None) -> int:
                 say(f"killed the engine (pid {', '.join(map(str, pids)) or 'none found'}) at {t:.0f} s")
                 mem_file.write({"type": "kill", "t": round(kill_t, 3), "wall": time.time(), "pids": pids})
             time.sleep(min(1.0, max(0.05, next_sample - (time.monotonic() - t0))))
+    except KeyboardInterrupt as stop:
+        say(f"stopped by {stop} at {time.monotonic() - t0:.0f} s: stopping perf and the server; the files stay")
+        interrupted = True
+    else:
+        interrupted = False
     finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean-up short
         if perf.poll() is None:
             perf.send_signal(signal.SIGINT)
             perf.wait(60)
@@ -270,6 +288,8 @@ def main(argv: list[str] | None = None) -> int:
         tk("stop", "--name", name, env=env)
     verdict = judge(out, args.warmup)
     print_verdict(verdict)
+    if interrupted:
+        return 130
     return 0 if all(v is not False for v in verdict["checks"].values()) else 1
 
 

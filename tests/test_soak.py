@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -79,6 +80,18 @@ def test_accounting_from_a_results_file(soak):
     assert (a["sent"], a["recorded"], a["ok"], a["errors"], a["lost"]) == (5, 5, 3, 2, 0)
     assert a["in_flight_at_kill"] == 1 and a["errors_after_kill"] == 2
     assert soak.account(events[:-1], None)["lost"] is None  # a killed perf: no end line, lost unknown
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_a_soak_started_with_sigint_ignored_still_stops_on_it(sig):
+    """`soak.py ... &` from a script: bash starts it with SIGINT ignored; the soak must still stop."""
+    code = (f"import importlib.util, os, signal, time; spec = importlib.util.spec_from_file_location('soak', {str(SOAK)!r}); "
+            "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m); m.take_stop_signals()\n"
+            f"try:\n    os.kill(os.getpid(), signal.{sig}); time.sleep(5); print('not stopped')\n"
+            "except KeyboardInterrupt as e:\n    print('stopped by', e)")
+    got = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    assert got.stdout.strip() == f"stopped by {sig}", (got.stdout, got.stderr[-1000:])
 
 
 @pytest.mark.slow
