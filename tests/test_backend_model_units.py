@@ -1,5 +1,6 @@
-"""Pieces of the backend's stub side (tritonkit/backend/vllm/model.py) that need no server, run
-outside Triton with a stand-in for triton_python_backend_utils (these pieces do not use it):
+"""Pieces of the backend's stub side (tritonkit/backend/vllm/: model.py and the modules beside it)
+that need no server, run outside Triton with a stand-in for triton_python_backend_utils (these
+pieces do not use it):
 - the restart ledger: the deaths of a model's engine counted across the stubs of one server, in
   $TMPDIR/tritonkit-engines-<server pid>/, removed when the model goes for good or its server is gone;
 - sending to a dead engine keeps no memory per failed request (the soak's stub leak)."""
@@ -19,17 +20,24 @@ from pathlib import Path
 
 import pytest
 
-MODEL_PY = Path(__file__).resolve().parents[1] / "tritonkit" / "backend" / "vllm" / "model.py"
+BACKEND_DIR = Path(__file__).resolve().parents[1] / "tritonkit" / "backend" / "vllm"
+MODEL_PY = BACKEND_DIR / "model.py"
 
 
 @pytest.fixture
 def model(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "triton_python_backend_utils", types.ModuleType("triton_python_backend_utils"))
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.syspath_prepend(str(BACKEND_DIR))  # the stub finds model.py's modules beside it
     spec = importlib.util.spec_from_file_location("tk_backend_model", MODEL_PY)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture
+def ledger_module(model):
+    return importlib.import_module("restart_ledger")
 
 
 def dead_pid() -> int:
@@ -38,33 +46,33 @@ def dead_pid() -> int:
     return proc.pid
 
 
-def test_deaths_survive_a_reload_and_the_file_goes_with_the_model(model, tmp_path):
-    ledger = model.RestartLedger("tiny")
+def test_deaths_survive_a_reload_and_the_file_goes_with_the_model(ledger_module, tmp_path):
+    ledger = ledger_module.RestartLedger("tiny")
     assert Path(ledger.folder) == tmp_path / f"tritonkit-engines-{os.getppid()}"
     assert ledger.check_load() is None  # a first load: a fresh ledger
     assert ledger.record_death("was killed by SIGKILL") == 1
     ledger.forget()  # the stub unloaded for a restart is finalized: the count must stay
     assert Path(ledger.path).is_file()
-    again = model.RestartLedger("tiny")  # the reloaded model's new stub
+    again = ledger_module.RestartLedger("tiny")  # the reloaded model's new stub
     assert again.check_load() is None
     again.forget()  # unloaded for good (or the server stops)
     assert not Path(ledger.path).exists() and not Path(ledger.folder).exists()
 
 
-def test_over_the_budget_the_load_is_refused_and_nothing_is_left(model, tmp_path, monkeypatch):
-    monkeypatch.setattr(model, "MAX_RESTARTS", 1)
-    ledger = model.RestartLedger("tiny")
+def test_over_the_budget_the_load_is_refused_and_nothing_is_left(ledger_module, tmp_path, monkeypatch):
+    monkeypatch.setattr(ledger_module, "MAX_RESTARTS", 1)
+    ledger = ledger_module.RestartLedger("tiny")
     ledger.check_load()
     ledger.record_death("exited with code 1")
     ledger.record_death("exited with code 1")
-    refusal = model.RestartLedger("tiny").check_load()
+    refusal = ledger_module.RestartLedger("tiny").check_load()
     assert refusal is not None and "died 2 times" in refusal and "exited with code 1" in refusal
     ledger.forget()
     assert list(tmp_path.iterdir()) == []
 
 
-def test_another_model_keeps_the_server_folder(model):
-    tiny, other = model.RestartLedger("tiny"), model.RestartLedger("other")
+def test_another_model_keeps_the_server_folder(ledger_module):
+    tiny, other = ledger_module.RestartLedger("tiny"), ledger_module.RestartLedger("other")
     tiny.check_load(), other.check_load()
     tiny.forget()
     assert Path(other.path).is_file()
@@ -72,7 +80,7 @@ def test_another_model_keeps_the_server_folder(model):
     assert not Path(tiny.folder).exists()
 
 
-def test_folders_of_servers_that_are_gone_are_removed(model, tmp_path):
+def test_folders_of_servers_that_are_gone_are_removed(ledger_module, tmp_path):
     gone = tmp_path / f"tritonkit-engines-{dead_pid()}"
     gone.mkdir()
     (gone / "tiny.json").write_text('{"deaths": [1], "restart_pending": true}')
@@ -80,7 +88,7 @@ def test_folders_of_servers_that_are_gone_are_removed(model, tmp_path):
     alive.mkdir()
     unrelated = tmp_path / "tritonkit-engines-notes"
     unrelated.mkdir()
-    model.RestartLedger("tiny")
+    ledger_module.RestartLedger("tiny")
     assert not gone.exists() and alive.is_dir() and unrelated.is_dir()
 
 

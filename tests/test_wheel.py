@@ -34,7 +34,9 @@ SHIPPED = ["tritonkit/share/model_repo_templates/vllm/config.pbtxt",
            "tritonkit/share/perf/presets/chat.json",
            "tritonkit/data/corpus.txt", "tritonkit/data/models.json", "tritonkit/data/gpus.json",
            "tritonkit/data/api_prices.json", "tritonkit/data/model_json.schema.json",
-           "tritonkit/backend/vllm/model.py"]
+           "tritonkit/backend/vllm/model.py", "tritonkit/backend/vllm/request_io.py",
+           "tritonkit/backend/vllm/engine_process.py", "tritonkit/backend/vllm/restart_ledger.py",
+           "tritonkit/backend/vllm/engine_metrics.py"]
 
 
 def _source_copy(dest: Path) -> Path:

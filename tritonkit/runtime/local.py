@@ -27,13 +27,15 @@ def server_dir(name: str) -> Path:
 
 
 def install_vllm_backend(install: TritonInstall) -> Path:
-    """Copy tritonkit's Python-based `vllm` backend next to the Python backend."""
+    """Copy tritonkit's Python-based `vllm` backend (model.py and the modules it imports, which
+    the stub finds beside it) next to the Python backend."""
     target = install.backends_dir / "vllm"
     target.mkdir(parents=True, exist_ok=True)
-    src = BACKEND_SOURCE / "model.py"
-    tmp = target / ".model.py.tmp"
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, target / "model.py")  # atomic: another server may be loading it
+    # model.py last: a stub loading meanwhile finds the modules a new model.py imports.
+    for src in sorted(BACKEND_SOURCE.glob("*.py"), key=lambda p: p.name == "model.py"):
+        tmp = target / f".{src.name}.tmp"
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, target / src.name)  # atomic: another server may be loading it
     return target
 
 

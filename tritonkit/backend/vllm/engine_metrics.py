@@ -1,0 +1,78 @@
+"""The backend's vLLM metrics on Triton's metrics endpoint, named and bucketed as the official
+vLLM backend's (REPORT_CUSTOM_METRICS): registered once per model, fed by the engine's stats.
+Copied beside model.py into the server's backend folder.
+"""
+
+import triton_python_backend_utils as pb_utils
+
+# The official backend's histogram buckets (token-count ones are 1-2-5 up to max_model_len).
+TTFT_BUCKETS = [0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0]
+TPOT_BUCKETS = [0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5]
+E2E_BUCKETS = [1.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0]
+N_BUCKETS = [1, 2, 5, 10, 20]
+
+
+def buckets_1_2_5(limit):
+    out, scale = [], 1
+    while True:
+        for m in (1, 2, 5):
+            if m * scale > limit:
+                return out
+            out.append(m * scale)
+        scale *= 10
+
+
+class EngineMetrics:
+    """One model's metric families and their metrics (a family must outlive its metrics)."""
+
+    def __init__(self, families, metrics):
+        self.families, self.metrics = families, metrics
+
+    @classmethod
+    def register(cls, model_name, version, max_model_len, logger):
+        """The model's metrics, or None where the server runs with --allow-metrics=false."""
+        labels = {"model": model_name, "version": str(version)}
+        counter, histogram = pb_utils.MetricFamily.COUNTER, pb_utils.MetricFamily.HISTOGRAM
+        token_buckets = buckets_1_2_5(max_model_len)
+        specs = {  # key: (name, description, kind, buckets)
+            "prompt_tokens": ("vllm:prompt_tokens_total", "Number of prefill tokens processed.", counter, None),
+            "generation_tokens": ("vllm:generation_tokens_total", "Number of generation tokens processed.", counter, None),
+            "ttft": ("vllm:time_to_first_token_seconds", "Histogram of time to first token in seconds.",
+                     histogram, TTFT_BUCKETS),
+            "itl": ("vllm:time_per_output_token_seconds", "Histogram of time per output token in seconds.",
+                    histogram, TPOT_BUCKETS),
+            "e2e": ("vllm:e2e_request_latency_seconds", "Histogram of end to end request latency in seconds.",
+                    histogram, E2E_BUCKETS),
+            "req_prompt": ("vllm:request_prompt_tokens", "Number of prefill tokens processed.", histogram, token_buckets),
+            "req_generation": ("vllm:request_generation_tokens", "Number of generation tokens processed.",
+                               histogram, token_buckets),
+            "n": ("vllm:request_params_n", "Histogram of the n request parameter.", histogram, N_BUCKETS),
+            # tritonkit's own (the official backend has no such gauge): requests in flight.
+            "running": ("vllm:num_requests_running", "Number of requests in the engine.",
+                        pb_utils.MetricFamily.GAUGE, None),
+        }
+        families, metrics = [], {}
+        try:
+            for key, (name, description, kind, buckets) in specs.items():
+                families.append(pb_utils.MetricFamily(name=name, description=description, kind=kind))
+                extra = {"buckets": buckets} if buckets else {}
+                metrics[key] = families[-1].Metric(labels=labels, **extra)
+        except pb_utils.TritonModelException as err:
+            if "metrics not supported" not in str(err):
+                raise
+            logger.log_info("[vllm] Metrics not supported")  # the server runs with --allow-metrics=false
+            return None
+        return cls(families, metrics)
+
+    def set_running(self, count):
+        self.metrics["running"].set(count)
+
+    def observe(self, stats):
+        """One message of the engine's stats (tritonkit.backend.engine's StatLogger)."""
+        m = self.metrics
+        for key in ("prompt_tokens", "generation_tokens"):
+            if stats[key]:
+                m[key].increment(stats[key])
+        for key in ("ttft", "itl", "e2e", "req_prompt", "req_generation", "n"):
+            for value in stats[key]:
+                m[key].observe(value)
