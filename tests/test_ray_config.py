@@ -219,11 +219,18 @@ def test_serve_rejects_a_bad_autoscale_range(tmp_path):
 def test_serve_onto_a_cluster_that_does_not_answer(tmp_path):
     from tritonkit.runtime.spec import free_port
 
-    p = _serve("-r", str(_repo(tmp_path)), "--address", f"http://127.0.0.1:{free_port()}", tmp_path=tmp_path)
+    p = _serve("-r", str(_repo(tmp_path)), "--address", f"http://127.0.0.1:{free_port()}", "--stream-batching-ms", "50",
+               tmp_path=tmp_path)
     assert p.returncode == 4 and "no Ray cluster answers at http://127.0.0.1:" in p.stderr
     assert "Traceback" not in p.stderr
     assert not (tmp_path / "home" / "servers" / "tritonkit" / "server.json").exists()
-    assert (tmp_path / "home" / "servers" / "tritonkit" / "serve_config.yaml").is_file()  # written before deploying
+    written = (tmp_path / "home" / "servers" / "tritonkit" / "serve_config.yaml").read_text()  # before deploying
+    assert "stream_batching_interval_ms: 50" in written
+
+
+def test_serve_rejects_a_negative_stream_batching_interval(tmp_path):
+    p = _serve("-r", str(_repo(tmp_path)), "--stream-batching-ms", "-1", tmp_path=tmp_path)
+    assert p.returncode == 2 and "--stream-batching-ms" in p.stderr and "Traceback" not in p.stderr
 
 
 def test_the_local_head_deploys_model_json_pinned_as_triton_resolves_it(tiny_model, tmp_path, monkeypatch):

@@ -34,6 +34,7 @@ class RuntimeOptions:
     replicas: int = 1  # ray: fixed replica count...
     autoscale: tuple[int, int] | None = None  # ...or a (min, max) range
     address: str | None = None  # ray: an existing cluster to deploy onto (None: a local head)
+    stream_batching_ms: float = 0.0  # ray: token batching between Ray's actors (0: each token as it comes)
     say: Callable[[str], None] = lambda message: None  # one-line progress notes for the user
 
 

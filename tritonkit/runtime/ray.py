@@ -184,7 +184,8 @@ class RayServer(Server):
             engine_args = self._pin(engine_args)
         options = ray_config.RayConfigOptions(
             app_name=self.app, host=self.spec.host if self.address is None else "0.0.0.0",
-            http_port=self.spec.http_port, replicas=self.options.replicas, autoscale=self.options.autoscale)
+            http_port=self.spec.http_port, replicas=self.options.replicas, autoscale=self.options.autoscale,
+            stream_batching_interval_ms=self.options.stream_batching_ms)
         config, notes = ray_config.serve_config(self.builds, options, engine_args)
         for note in notes:
             verb = "served" if note.served else "NOT served"
