@@ -7,6 +7,7 @@ the one model. It measures the OpenAI SSE path of `tritonkit perf` where the kno
 the truth: TTFT = first, ITL = gap, E2E = first + (K - 1) * gap, plus the path through HTTP.
 
     python perf/sse_ground_truth.py --port 8123 [--first-ms 0] [--gap-ms 0] [--model ground_truth]
+    [--tail-ms T]     # end the body T ms after `data: [DONE]` (a server slow to close its streams)
     [--processes N]   # N server processes on one port (SO_REUSEPORT) for the fleet-scale benchmark
 """
 
@@ -29,7 +30,7 @@ def _chunk(model: str, i: int, reason: str | None, n_in: int) -> bytes:
     return b"data: " + json.dumps(event, separators=(",", ":")).encode() + b"\n\n"
 
 
-def app(model: str, first_s: float, gap_s: float) -> web.Application:
+def app(model: str, first_s: float, gap_s: float, tail_s: float = 0.0) -> web.Application:
     async def models(_request: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": [{"id": model, "object": "model"}]})
 
@@ -48,6 +49,8 @@ def app(model: str, first_s: float, gap_s: float) -> web.Application:
                 await asyncio.sleep(delay)
             await resp.write(_chunk(model, i, "length" if i == n - 1 else None, n_in))
         await resp.write(b"data: [DONE]\n\n")
+        if tail_s > 0:
+            await asyncio.sleep(tail_s)
         await resp.write_eof()
         return resp
 
@@ -57,7 +60,7 @@ def app(model: str, first_s: float, gap_s: float) -> web.Application:
     return application
 
 
-def _serve(port: int, model: str, first_s: float, gap_s: float) -> None:
+def _serve(port: int, model: str, first_s: float, gap_s: float, tail_s: float = 0.0) -> None:
     try:
         import uvloop
 
@@ -68,7 +71,7 @@ def _serve(port: int, model: str, first_s: float, gap_s: float) -> None:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind(("127.0.0.1", port))
-    web.run_app(app(model, first_s, gap_s), sock=sock, print=None, access_log=None, backlog=4096)
+    web.run_app(app(model, first_s, gap_s, tail_s), sock=sock, print=None, access_log=None, backlog=4096)
 
 
 def main() -> None:
@@ -78,8 +81,9 @@ def main() -> None:
     ap.add_argument("--first-ms", type=float, default=50.0)
     ap.add_argument("--gap-ms", type=float, default=20.0)
     ap.add_argument("--processes", type=int, default=1)
+    ap.add_argument("--tail-ms", type=float, default=0.0, help="end each body this long after [DONE]")
     args = ap.parse_args()
-    targs = (args.port, args.model, args.first_ms / 1000, args.gap_ms / 1000)
+    targs = (args.port, args.model, args.first_ms / 1000, args.gap_ms / 1000, args.tail_ms / 1000)
     if args.processes <= 1:
         _serve(*targs)
         return

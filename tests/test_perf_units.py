@@ -370,6 +370,9 @@ def test_verdict_judges_repeated_lateness_not_one_hiccup():
     s = step([])  # late now and then, away 0.3 % of the step: reported, not judged
     verdict.judge(s, Load("concurrency", 4), use(LoopLag(wakes=283, late=3, max_s=0.0097, stalled_s=0.0087)))
     assert not s.client_limited and "late 3 of 283 times" in s.client_note and "not judged" in s.client_note
+    s = step([0.013, 0.02, 0.03])  # judged by send lag; the cause names the loop's numbers, once
+    verdict.judge(s, Load("concurrency", 4), use(LoopLag(wakes=283, late=3, max_s=0.0097, stalled_s=0.0087)))
+    assert s.client_limited and s.client_note.count("late 3 of 283 times") == 1, s.client_note
 
 
 def test_loop_watch_sees_a_blocked_loop():

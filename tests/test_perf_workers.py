@@ -29,9 +29,14 @@ K = 3  # chunks per answer
 
 @pytest.fixture(scope="module")
 def sse_server():
+    yield from _sse_server()
+
+
+def _sse_server(*extra: str):
     port = free_port()
     proc = subprocess.Popen([sys.executable, str(ROOT / "perf" / "sse_ground_truth.py"), "--port", str(port),
-                             "--first-ms", "10", "--gap-ms", "5"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                             "--first-ms", "10", "--gap-ms", "5", *extra], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
@@ -52,6 +57,25 @@ def _perf(url: str, out: Path, *args: str) -> tuple[dict, list[dict]]:
     assert p.returncode == 0, p.stderr
     with open(out / "requests.csv", newline="") as f:
         return json.loads(p.stdout), list(csv.DictReader(f))
+
+
+def test_a_server_slow_to_close_its_streams_is_not_the_clients_send_lag(tmp_path):
+    """The server ends each body 40 ms after [DONE] (Ray Serve's proxy did ~30 ms on 2 cores): the
+    user's next request waits for that (its connection), which is the server's tail, not the
+    client's lag; E2E still ends at [DONE]."""
+    server = _sse_server("--tail-ms", "40")
+    url = next(server)
+    try:
+        doc, rows = _perf(url, tmp_path, "--concurrency", "2", "--duration", "2")
+    finally:
+        next(server, None)
+    step = doc["steps"][0]
+    lag, e2e = step["latency_s"]["send_lag"], step["latency_s"]["e2e"]
+    assert lag["p50"] < 0.005 and not step["client_limited"], (lag, step["client_note"])
+    assert e2e["p50"] < 0.010 + 0.005 * (K - 1) + 0.030, e2e  # [DONE], not the body's end 40 ms later
+    samples = json.loads((tmp_path / "results.json").read_text())["steps"][0]["samples"]
+    tails = sorted(r["ended_s"] - r["done_s"] for r in samples)
+    assert 0.035 <= tails[len(tails) // 2] < 0.2, tails[:5]
 
 
 def test_shares_partition_users_budgets_and_the_schedule():

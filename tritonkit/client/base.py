@@ -27,6 +27,9 @@ class Chunk:
     # The request's whole output token count, where a server only reports a total at the end
     # (OpenAI-style usage); per-chunk counts are then None.
     total_output_tokens: int | None = None
+    # On the final chunk, where the transport's exchange ends after it (an HTTP body read to its end
+    # after [DONE]): when it ended. Until then the connection is not free for the user's next request.
+    ended: float | None = None
 
     @property
     def has_output(self) -> bool:

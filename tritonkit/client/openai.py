@@ -93,4 +93,5 @@ class OpenAIClient(SseClient):
                         yield Chunk(choice.get("text") or "", n_out if self.usage_per_chunk else None,
                                     choice.get("finish_reason"), n_in, t)
                         n_out = 0  # a chunk's usage delta belongs to its first choice
-                yield Chunk("", None, None, n_in, done_t or time.perf_counter(), final=True, total_output_tokens=total)
+                ended = time.perf_counter()  # the body's end: the server may close it a while after [DONE]
+                yield Chunk("", None, None, n_in, done_t or ended, final=True, total_output_tokens=total, ended=ended)

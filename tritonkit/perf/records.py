@@ -8,6 +8,9 @@ Definitions (seconds):
   send_lag = sent - intended
   ttft     = first output-carrying chunk - intended
   e2e      = done (final response) - intended
+  (closed loop: a user's next intended send is its previous request's end -- `ended`, where the
+   transport's exchange ends after the final response, as an HTTP body closed after [DONE] -- so the
+   server's tail is not counted as the client's send lag)
   itl      = gaps between consecutive output-carrying chunks (a chunk may carry several tokens)
   tpot     = (last output chunk - first output chunk) / (output_tokens - 1), for output_tokens > 1
 """
@@ -26,6 +29,7 @@ class RequestRecord:
     sent: float | None = None
     chunks: list[float] = field(default_factory=list)  # arrival of each output-carrying chunk
     done: float | None = None
+    ended: float | None = None  # the exchange's end where later than done (see Chunk.ended)
     input_tokens: int | None = None  # as the server reported them
     output_tokens: int | None = None  # as the server reported them (sum over chunks, or its total)
     finish_reason: str | None = None
@@ -48,6 +52,7 @@ class RequestRecord:
             self.finish_reason = chunk.finish_reason
         if chunk.final:
             self.done = chunk.t
+            self.ended = chunk.ended
 
     def fail(self, kind: str, message: str, t: float) -> None:
         self.error_kind, self.error = kind, message
@@ -89,7 +94,7 @@ class RequestRecord:
         rel = (lambda t: None if t is None else round(t - t0, 6))
         return {
             "index": self.index, "intended_s": rel(self.intended), "sent_s": rel(self.sent),
-            "done_s": rel(self.done), "chunks_s": [rel(t) for t in self.chunks],
+            "done_s": rel(self.done), "ended_s": rel(self.ended), "chunks_s": [rel(t) for t in self.chunks],
             "ttft_s": _r(self.ttft), "e2e_s": _r(self.e2e), "tpot_s": _r(self.tpot),
             "send_lag_s": _r(self.send_lag), "prompt_tokens": self.prompt_tokens,
             "input_tokens": self.input_tokens, "output_tokens": self.output_tokens,

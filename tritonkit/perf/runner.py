@@ -313,7 +313,8 @@ class Runner:
                 if delay > 0:
                     await asyncio.sleep(delay)
                 rec = await self._request(next(numbers), intended, finished, slot)
-                intended = (rec.done if rec.done is not None else time.perf_counter()) + think
+                end = rec.ended or rec.done  # the exchange's end: the server's tail is not the client's lag
+                intended = (end if end is not None else time.perf_counter()) + think
 
         users = [asyncio.create_task(user(u)) for u in range(self.share.users(int(load.value)))]
         stopper = asyncio.create_task(self.stop.wait())

@@ -169,7 +169,9 @@ def judge(result, load, usage: ClientUsage | None) -> None:
         result.client_note = f"schedule kept (p99 send lag {lag_ms:.2f} ms; {use}){more}"
         return
     result.client_limited = True
-    result.client_note = (f"CLIENT-LIMITED: {', '.join(evidence)}; {use}. Cause: {_cause(usage, period)}. "
+    cause = _cause(usage, period)
+    more = "".join(f"; {r}" for r in remarks if r.split(" (")[0] not in cause)  # the cause may name the loop already
+    result.client_note = (f"CLIENT-LIMITED: {', '.join(evidence)}; {use}. Cause: {cause}. "
                           f"Latencies include the client's delay; run more --workers or the client elsewhere "
                           f"to see the server's own limit{more}.")
 
