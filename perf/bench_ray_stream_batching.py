@@ -54,7 +54,9 @@ def perf(url: str, users: int, seconds: float, out_tokens: int, out: Path, nice:
     rows = [json.loads(line) for line in (out / "requests.jsonl").read_text().splitlines() if line.strip()]
     chunks = [len(r["chunks_s"]) for r in rows if r.get("type") == "request" and r.get("chunks_s") is not None]
     lat = step["latency_s"]
-    return {"rps": step["requests_per_s"], "ttft_p50": lat["ttft"]["p50"], "e2e_p50": lat["e2e"]["p50"],
+    tails = sorted(r["ended_s"] - r["done_s"] for r in rows
+                   if r.get("type") == "request" and r.get("ended_s") is not None and r.get("done_s") is not None)
+    return {"tail_p50": tails[len(tails) // 2] if tails else None, "rps": step["requests_per_s"], "ttft_p50": lat["ttft"]["p50"], "e2e_p50": lat["e2e"]["p50"],
             "chunks": sum(chunks) / len(chunks) if chunks else None, "ok": step["ok"],
             "limited": step["client_limited"], "note": step["client_note"]}
 
@@ -99,7 +101,8 @@ def main() -> None:
         rows.append((label, row, record.ready_s))
         print(f"{label:28s} {row['rps']:7.2f} req/s  TTFT p50 {row['ttft_p50'] * 1000:7.1f} ms  "
               f"e2e p50 {row['e2e_p50'] * 1000:7.1f} ms  chunks/request {row['chunks'] or 0:5.1f}  "
-              f"ready {record.ready_s:5.1f} s", flush=True)
+              f"ready {record.ready_s:5.1f} s  body end after [DONE] p50 {(row['tail_p50'] or 0) * 1000:5.1f} ms",
+              flush=True)
         print(f"{'':28s} client: {row['note']}", flush=True)
 
     if not args.skip_vllm:
