@@ -24,7 +24,7 @@ import os
 import time
 from dataclasses import dataclass
 
-from tritonkit.perf.loopwatch import LoopLag
+from tritonkit.perf.loopwatch import LATE_S, LoopLag
 from tritonkit.perf.stats import HDR
 
 LAG_LIMIT_S = 0.005  # p99 send lag above this: the client, not the server, set the pace
@@ -169,15 +169,13 @@ def judge(result, load, usage: ClientUsage | None) -> None:
         result.client_note = f"schedule kept (p99 send lag {lag_ms:.2f} ms; {use}){more}"
         return
     result.client_limited = True
-    cause = _cause(usage, period)
-    more = "".join(f"; {r}" for r in remarks if r.split(" (")[0] not in cause)  # the cause may name the loop already
-    result.client_note = (f"CLIENT-LIMITED: {', '.join(evidence)}; {use}. Cause: {cause}. "
+    result.client_note = (f"CLIENT-LIMITED: {', '.join(evidence)}; {use}. Cause: {_cause(usage, period)}. "
                           f"Latencies include the client's delay; run more --workers or the client elsewhere "
                           f"to see the server's own limit{more}.")
 
 
 def _loop_text(loop: LoopLag) -> str:
-    return (f"event loop woke over {LAG_LIMIT_S * 1000:.0f} ms late {loop.late} of {loop.wakes} times "
+    return (f"event loop woke over {LATE_S * 1000:.0f} ms late {loop.late} of {loop.wakes} times "
             f"(worst {loop.max_s * 1000:.1f} ms, {loop.stalled_s:.2f} s stalled in all)")
 
 
@@ -207,6 +205,5 @@ def _cause(usage: ClientUsage | None, period: float) -> str:
                     f"e.g. by the server) and a worker's threads waited {waited:.2f} s per second for a CPU")
         return (f"CPU starvation: a worker's threads waited {waited:.2f} s per second for a CPU while the machine was "
                 f"{'?' if machine is None else f'{machine:.0%}'} busy (pinned to too few cores, or a CPU quota)")
-    seen = f"; {_loop_text(usage.loop)}" if usage.loop and usage.loop.late else ""
     return (f"an event-loop stall: the generator was late while using {busiest:.0%} of a core and waiting "
-            f"{waited:.2f} s per second for a CPU (blocking calls, GC pauses or slow callbacks in the loop{seen})")
+            f"{waited:.2f} s per second for a CPU (blocking calls, GC pauses or slow callbacks in the loop)")
