@@ -11,6 +11,7 @@ same machine and competes for its cores: on a 2-core box the numbers are a lower
 
     .venv/bin/python perf/bench_generator.py [--rates 200,400,800,1000,1200] [--seconds 5] [--protocol grpc]
         [--split-cores]   # Triton on CPU 0, the generator on the others: the generator's own limit
+        [--server-cpus N] # with --split-cores: the server gets the first N CPUs (a 16-core fleet run)
         [--workers N]     # tritonkit perf --workers N (client CPU then sums every worker and the parent)
         [--instances N]   # ground-truth model instances in Triton (a fleet-sized server on many cores)
         [--protocol openai [--server-processes N]]  # the OpenAI SSE path against perf/sse_ground_truth.py
@@ -84,7 +85,8 @@ async def one_rate(protocol: str, url: str, rate: float, seconds: float, chunks:
     return {"rate": rate, "sent": step.sent, "ok": step.ok, "failed": step.failed, "errors": step.errors,
             "send_rate": step.send_rate, "lag_p50_ms": (lag.p50 or 0) * 1000, "lag_p99_ms": (lag.p99 or 0) * 1000,
             "cpu_s": cpu, "wall_s": wall, "cpu_per_1000": cpu / max(1, step.sent) * 1000,
-            "e2e_p50_ms": (step.summaries["e2e"].p50 or 0) * 1000, "rps": step.rps}
+            "e2e_p50_ms": (step.summaries["e2e"].p50 or 0) * 1000, "rps": step.rps,
+            "ttft_p50_ms": (step.summaries["ttft"].p50 or 0) * 1000}
 
 
 def pin_group(pgid: int, cpus: set[int]) -> None:
@@ -141,12 +143,14 @@ def main() -> None:
     ap.add_argument("--split-cores", action="store_true",
                     help="pin Triton (and its backend stubs) to CPU 0 and this load generator to the others, "
                          "so the generator is measured on cores of its own")
+    ap.add_argument("--server-cpus", type=int, default=1, help="with --split-cores: CPUs for the server")
     args = ap.parse_args()
     cpus = sorted(os.sched_getaffinity(0))
     if args.split_cores:
-        if len(cpus) < 2:
-            raise SystemExit("--split-cores needs at least 2 CPUs")
-        os.sched_setaffinity(0, cpus[1:])  # before any thread exists: gRPC's threads inherit it
+        if len(cpus) <= args.server_cpus or args.server_cpus < 1:
+            raise SystemExit(f"--split-cores needs more than --server-cpus ({args.server_cpus}) CPUs")
+        os.sched_setaffinity(0, cpus[args.server_cpus:])  # before any thread exists: gRPC's threads inherit it
+    server_cpus, client_cpus = set(cpus[:args.server_cpus]), cpus[args.server_cpus:] if args.split_cores else cpus
     rows = []
     modes = [m for m in args.streams.split(",") if m] or [""]
     mode_rows: dict[str, list] = {m: [] for m in modes}
@@ -165,12 +169,12 @@ def main() -> None:
         mode_rows[mode].append(row)
         print(f"{mode + ' ' if mode else ''}rate {rate:7.0f}/s: sent {row['sent']:6d} ok {row['ok']:6d} "
               f"failed {row['failed']:4d} started {row['send_rate']:7.1f}/s  lag p50 {row['lag_p50_ms']:6.2f} ms "
-              f"p99 {row['lag_p99_ms']:7.2f} ms  e2e p50 {row['e2e_p50_ms']:6.1f} ms  "
+              f"p99 {row['lag_p99_ms']:7.2f} ms  TTFT p50 {row['ttft_p50_ms']:6.2f} ms  e2e p50 {row['e2e_p50_ms']:6.2f} ms  "
               f"client CPU {row['cpu_s'] / row['wall_s']:4.0%} = {row['cpu_per_1000']:.3f} s per 1000 req "
               f"{row['errors'] or ''}", flush=True)
 
     if args.protocol == "openai":
-        with sse_server(args.server_processes, {cpus[0]} if args.split_cores else None) as url:
+        with sse_server(args.server_processes, server_cpus if args.split_cores else None) as url:
             sweep(url)
     else:
         with tempfile.TemporaryDirectory() as tmp:
@@ -179,13 +183,13 @@ def main() -> None:
                               metrics_port=free_port())
             with LocalServer(spec) as server:
                 if args.split_cores:
-                    pin_group(server.pid, {cpus[0]})  # before the stubs start: they inherit it
+                    pin_group(server.pid, server_cpus)  # before the stubs start: they inherit it
                 server.wait_ready(["ground_truth"], 120)
                 if args.split_cores:
-                    pin_group(server.pid, {cpus[0]})  # and every thread and stub that started meanwhile
+                    pin_group(server.pid, server_cpus)  # and every thread and stub that started meanwhile
                 sweep(spec.grpc_url if args.protocol == "grpc" else spec.http_url)
     print()
-    where = (f"Triton pinned to CPU {cpus[0]}, the generator to CPUs {cpus[1:]}" if args.split_cores
+    where = (f"the server pinned to CPUs {sorted(server_cpus)}, the generator to CPUs {client_cpus}" if args.split_cores
              else "Triton on the same cores")
     print(f"machine: {os.cpu_count()} cores; protocol {args.protocol}; {args.workers} worker(s); {args.chunks} chunks per request; "
           f"{args.seconds:g} s per rate; {where}")

@@ -77,6 +77,27 @@ def vllm_e2e(before: dict | None, after: dict | None) -> float | None:
     return verdict.server_latency_s(server_metrics.diff(before, after))[0]
 
 
+def vllm_profile(diff: dict) -> str:
+    """What vLLM saw of a run, from its own metrics: tokens in and out per request (do both
+    generators send the same work?) and its mean queue time and TTFT (where inside vLLM the time goes)."""
+    delta, means = diff.get("delta", {}), diff.get("histogram_means", {})
+
+    def total(family: str) -> float:
+        return sum(v for k, v in delta.items() if k.split("{", 1)[0] == family)
+
+    def mean(family: str) -> float | None:
+        got = [v for k, v in means.items() if k.split("{", 1)[0] == family]
+        return got[0] if got else None
+
+    done = total("vllm:request_success_total")
+    if not done:
+        return ""
+    queue, ttft = mean("vllm:request_queue_time_seconds"), mean("vllm:time_to_first_token_seconds")
+    ms = lambda v: "-" if v is None else f"{v * 1000:.0f}"  # noqa: E731
+    return (f" [vLLM: {done:.0f} req, {total('vllm:prompt_tokens_total') / done:.1f} in / "
+            f"{total('vllm:generation_tokens_total') / done:.1f} out per req, queue {ms(queue)} ms, TTFT {ms(ttft)} ms]")
+
+
 def run_tritonkit(url: str, users: int, seconds: float, workload_args: list[str], cpu: int | None,
                   workers: str | None, out: Path, streams: str = "aio") -> dict:
     pin = ["taskset", "-c", str(cpu)] if cpu is not None else []
@@ -94,6 +115,7 @@ def run_tritonkit(url: str, users: int, seconds: float, workload_args: list[str]
 
     return {"rps": step["requests_per_s"], "p50": step["latency_s"]["e2e"]["p50"], "ok": step["ok"],
             "server_s": verdict.server_latency_s(step.get("server_metrics") or {})[0],
+            "vllm": vllm_profile(step.get("server_metrics") or {}),
             "p90": step["latency_s"]["e2e"]["p90"], "cpu_s": _child_cpu() - cpu0,
             "cpu_in_step_s": step.get("client_cpu_s"), "limited": step.get("client_limited"),
             "note": step.get("client_note", "")}
@@ -136,7 +158,8 @@ def run_pa(pa: str, url: str, model: str, users: int, seconds: float, data: Path
     cpu0 = _child_cpu()
     before = server_metrics.scrape(metrics_url)
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds * 10 + 120, env=env)
-    server_s = vllm_e2e(before, server_metrics.scrape(metrics_url))  # over all its trials
+    after = server_metrics.scrape_settled(metrics_url)  # over all its trials
+    server_s, profile = vllm_e2e(before, after), vllm_profile(server_metrics.diff(before, after))
     if proc.returncode != 0:
         raise SystemExit(f"perf_analyzer failed ({proc.returncode}): {proc.stdout[-1500:]} {proc.stderr[-1500:]}")
     rps = None
@@ -147,12 +170,13 @@ def run_pa(pa: str, url: str, model: str, users: int, seconds: float, data: Path
     reqs = doc["experiments"][-1]["requests"]
     e2e = sorted((r["response_timestamps"][-1] - r["timestamp"]) / 1e9 for r in reqs if r.get("response_timestamps"))
     return {"rps": rps, "p50": statistics.median(e2e), "p90": e2e[int(0.9 * (len(e2e) - 1))], "ok": len(e2e),
-            "cpu_s": _child_cpu() - cpu0, "server_s": server_s}
+            "cpu_s": _child_cpu() - cpu0, "server_s": server_s, "vllm": profile}
 
 
 def _inside(r: dict) -> str:
     """Users inside vLLM by Little's law (req/s x vLLM's own mean e2e), where vLLM's metrics came."""
-    return "" if not r.get("server_s") else f" ({r['rps'] * r['server_s']:.0f} inside vLLM, its e2e {r['server_s'] * 1000:.0f} ms)"
+    return "" if not r.get("server_s") else (f" ({r['rps'] * r['server_s']:.0f} inside vLLM, its e2e "
+                                             f"{r['server_s'] * 1000:.0f} ms){r.get('vllm', '')}")
 
 
 def compare(args, pa: str, url: str, model: str, data: Path, workload_args: list[str], pa_cpu, tk_cpu,

@@ -64,8 +64,8 @@ set -- $PORTS
 echo "triton ready after $(( $(date +%s) - T0 )) s"
 timeout $(( 560 - ($(date +%s) - T0) )) "$PY" perf/bench_vs_perf_analyzer.py --pa "$PA" --url "127.0.0.1:$2" \
   --model "$MODEL" --repository "$WORK/repo" --preset classification --concurrency 128,256 \
-  --streams "${MODES:-aio,aio/16,aio/64/8,threads}" --metrics-url "http://127.0.0.1:$3/metrics" \
-  --seconds "${SECONDS_PER_RUN:-12}" --repeat 1 --starved 512
+  --streams "${MODES:-aio,threads}" --metrics-url "http://127.0.0.1:$3/metrics" \
+  --seconds "${SECONDS_PER_RUN:-10}" --repeat "${REPEAT:-2}" --starved 512
 echo "bench exit $? after $(( $(date +%s) - T0 )) s"
 "$PY" -m tritonkit stop --name gen-vs-pa >/dev/null 2>&1
 cp "$TRITONKIT_HOME"/servers/gen-vs-pa/server.log "$OUT"/triton-server.log 2>/dev/null

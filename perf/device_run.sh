@@ -80,7 +80,7 @@ p2)
   echo "$PWD" > "$SP"/tritonkit-src.pth   # tritonkit importable by Triton's engine process too
   echo "installed after $(( $(date +%s) - T0 )) s"
   "$PY" -c "import vllm, vllm.entrypoints.openai.api_server, vllm.v1.engine.async_llm, tritonclient.grpc, jsonschema, hdrh; print('vllm', vllm.__version__, 'imports OK')" || exit 6
-  bench 480 build,vllm
+  bench 480 "${P2_PHASES:-build,vllm}"  # P2_PHASES=build: only the model repository (for device_generator.sh)
   logs
   ;;
 p3)
