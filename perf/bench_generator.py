@@ -17,6 +17,8 @@ same machine and competes for its cores: on a 2-core box the numbers are a lower
         [--protocol openai [--server-processes N]]  # the OpenAI SSE path against perf/sse_ground_truth.py
         [--streams aio,threads]  # gRPC transports to sweep in turn, each TRANSPORT[/STREAMS[/CHANNELS]]
                                  # (see bench_vs_perf_analyzer.py); default: tritonkit's default
+        [--pa PERF_ANALYZER --pa-rates 1000]  # the C++ peer at those rates on the same server (gRPC):
+                                 # its TTFT/E2E p50 (the server's own floor) and its client CPU per 1,000
 """
 
 from __future__ import annotations
@@ -89,6 +91,39 @@ async def one_rate(protocol: str, url: str, rate: float, seconds: float, chunks:
             "ttft_p50_ms": (step.summaries["ttft"].p50 or 0) * 1000}
 
 
+def pa_rate(pa: str, url: str, rate: float, seconds: float, chunks: int, tmp: Path) -> dict:
+    """perf_analyzer 2.41 at a constant request rate, gRPC streaming, the same requests as one_rate."""
+    import json
+    import statistics
+
+    from bench_vs_perf_analyzer import _child_cpu, _pa_libs, pa_input
+
+    _pa_libs()
+    sampling = {"max_tokens": chunks, "gt_first_delay_ms": 5, "gt_gap_ms": 5}
+    data = pa_input(tmp / "pa-rate-input.json", [(f"prompt {i} " + "word " * 20, sampling) for i in range(100)])
+    export = tmp / f"pa-rate-{rate:g}.json"
+    cmd = [pa, "-m", "ground_truth", "-u", url.removeprefix("grpc://"), "-i", "grpc", "--streaming",
+           "--request-rate-range", f"{rate:g}", "--measurement-interval", str(int(seconds * 1000)),
+           "--input-data", str(data), "--profile-export-file", str(export), "--max-trials", "3",
+           "--stability-percentage", "100"]
+    env = {**os.environ, "LD_LIBRARY_PATH": ":".join(p for p in (os.environ.get("PA_LIB", ""),
+                                                                   os.environ.get("LD_LIBRARY_PATH", "")) if p)}
+    cpu0, t0 = _child_cpu(), time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds * 6 + 60, env=env)
+    cpu, wall = _child_cpu() - cpu0, time.perf_counter() - t0
+    if proc.returncode != 0:
+        return {"error": f"perf_analyzer exit {proc.returncode}: {(proc.stdout + proc.stderr)[-300:]}"}
+    reqs = json.loads(export.read_text())["experiments"][-1]["requests"]
+    done = [r for r in reqs if r.get("response_timestamps")]
+    ttft = statistics.median((r["response_timestamps"][0] - r["timestamp"]) / 1e6 for r in done)
+    e2e = statistics.median((r["response_timestamps"][-1] - r["timestamp"]) / 1e6 for r in done)
+    rps = next((float(line.split("Throughput:")[1].split()[0]) for line in proc.stdout.splitlines()
+                if "Throughput:" in line), 0.0)
+    sent = rps * wall  # its requests over the whole call (every trial), for CPU per 1,000
+    return {"rps": rps, "ttft_p50_ms": ttft, "e2e_p50_ms": e2e, "cpu_per_1000": cpu / max(1.0, sent) * 1000,
+            "cpu_share": cpu / wall}
+
+
 def pin_group(pgid: int, cpus: set[int]) -> None:
     """Pin every thread of every process in a process group to `cpus`."""
     for pid in group_members(pgid):
@@ -144,6 +179,8 @@ def main() -> None:
                     help="pin Triton (and its backend stubs) to CPU 0 and this load generator to the others, "
                          "so the generator is measured on cores of its own")
     ap.add_argument("--server-cpus", type=int, default=1, help="with --split-cores: CPUs for the server")
+    ap.add_argument("--pa", default=None, help="perf_analyzer 2.41 binary: run it too at --pa-rates (gRPC only)")
+    ap.add_argument("--pa-rates", default="1000")
     args = ap.parse_args()
     cpus = sorted(os.sched_getaffinity(0))
     if args.split_cores:
@@ -159,6 +196,14 @@ def main() -> None:
         for rate in parse_values(args.rates):
             for mode in modes:  # alternating, so a noisy moment hits every transport alike
                 run_mode(url, rate, mode)
+        if args.pa and args.protocol == "grpc":
+            with tempfile.TemporaryDirectory() as tmp:
+                for rate in parse_values(args.pa_rates):
+                    got = pa_rate(args.pa, url, rate, args.seconds, args.chunks, Path(tmp))
+                    print(f"perf_analyzer rate {rate:7.0f}/s: " + (got.get("error") or (
+                        f"achieved {got['rps']:7.1f}/s  TTFT p50 {got['ttft_p50_ms']:6.2f} ms  e2e p50 "
+                        f"{got['e2e_p50_ms']:6.2f} ms  client CPU {got['cpu_share']:4.0%} = "
+                        f"{got['cpu_per_1000']:.3f} s per 1000 req (every trial)")), flush=True)
 
     def run_mode(url: str, rate: float, mode: str) -> None:
         for key in ("TRITONKIT_GRPC_STREAMS", "TRITONKIT_GRPC_STREAM_COUNT", "TRITONKIT_GRPC_CHANNELS"):

@@ -89,13 +89,16 @@ def vllm_profile(diff: dict) -> str:
         got = [v for k, v in means.items() if k.split("{", 1)[0] == family]
         return got[0] if got else None
 
-    done = total("vllm:request_success_total")
+    # The vLLM backends for Triton export neither vllm:request_success_total nor the queue time:
+    # count finished requests by the e2e histogram; the queue shows where vLLM's own server runs.
+    done = total("vllm:e2e_request_latency_seconds_count")
     if not done:
         return ""
     queue, ttft = mean("vllm:request_queue_time_seconds"), mean("vllm:time_to_first_token_seconds")
     ms = lambda v: "-" if v is None else f"{v * 1000:.0f}"  # noqa: E731
     return (f" [vLLM: {done:.0f} req, {total('vllm:prompt_tokens_total') / done:.1f} in / "
-            f"{total('vllm:generation_tokens_total') / done:.1f} out per req, queue {ms(queue)} ms, TTFT {ms(ttft)} ms]")
+            f"{total('vllm:generation_tokens_total') / done:.1f} out per req, TTFT {ms(ttft)} ms"
+            + ("" if queue is None else f", queue {ms(queue)} ms") + "]")
 
 
 def run_tritonkit(url: str, users: int, seconds: float, workload_args: list[str], cpu: int | None,
@@ -216,6 +219,25 @@ def table(rows: list, where: str) -> None:
     print(where)
 
 
+def starved(args, workload_args: list[str], tmp: Path) -> None:
+    """A deliberately starved tritonkit run: one worker pinned to one CPU that it shares with
+    --starved-hogs busy loops (a noisy neighbour), in each --streams mode. Each must be flagged
+    client-limited and name CPU starvation."""
+    last = sorted(os.sched_getaffinity(0))[-1]
+    hogs = [subprocess.Popen(["taskset", "-c", str(last), sys.executable, "-c", "while True: pass"])
+            for _ in range(args.starved_hogs)]
+    try:
+        for mode in args.streams.split(","):
+            t = run_tritonkit(args.url, args.starved, args.seconds, workload_args, last, "1", tmp / f"starved-{mode}", mode)
+            print(f"\nstarved run ({mode}, --workers 1 pinned to CPU {last} beside {len(hogs)} busy loops, "
+                  f"{args.starved} users): {t['rps']:.1f} req/s, p50 {t['p50'] * 1000:.1f} ms; "
+                  f"flagged client-limited: {t['limited']}\n  {t['note']}", flush=True)
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
+
+
 def _pa_libs() -> None:
     install = find_triton()
     if install and "PA_LIB" not in os.environ:  # perf_analyzer wants libcudart.so.12: the runtime has one
@@ -243,6 +265,7 @@ def main() -> None:
                     "TRANSPORT[/STREAMS[/CHANNELS]] (aio, threads, per-request; see the docstring)")
     ap.add_argument("--metrics-url", default=None, help="Triton's metrics URL: vLLM's own latency per run")
     ap.add_argument("--starved", type=int, default=0, help="users of a starved run (--workers 1, one core)")
+    ap.add_argument("--starved-hogs", type=int, default=3, help="busy loops sharing the starved run's core")
     args = ap.parse_args()
     _pa_libs()
     with tempfile.TemporaryDirectory(prefix="tk-vs-pa-") as tmpdir:
@@ -250,16 +273,12 @@ def main() -> None:
         if args.url:
             data = pa_input(tmp / "pa-input.json", preset_rows(args.repository, args.model, args.preset))
             workload_args = ["-m", args.model, "-r", args.repository, "--preset", args.preset]
-            rows = compare(args, args.pa, args.url, args.model, data, workload_args, None, None, tmp)
-            table(rows, f"(median of {args.repeat} runs each; {args.seconds:g} s per run; same server, prompts "
-                        f"and sampling; closed loop, gRPC streaming)")
+            if args.concurrency:
+                rows = compare(args, args.pa, args.url, args.model, data, workload_args, None, None, tmp)
+                table(rows, f"(median of {args.repeat} runs each; {args.seconds:g} s per run; same server, prompts "
+                            f"and sampling; closed loop, gRPC streaming)")
             if args.starved:
-                last = sorted(os.sched_getaffinity(0))[-1]
-                args.workers = "1"
-                t = run_tritonkit(args.url, args.starved, args.seconds, workload_args, last, "1", tmp / "starved",
-                                  args.streams.split(",")[0])
-                print(f"\nstarved run (--workers 1 pinned to CPU {last}, {args.starved} users): {t['rps']:.1f} req/s, "
-                      f"p50 {t['p50'] * 1000:.1f} ms; flagged client-limited: {t['limited']}\n  {t['note']}")
+                starved(args, workload_args, tmp)
             return
         cpus = sorted(os.sched_getaffinity(0))
         if len(cpus) < 2:

@@ -49,8 +49,9 @@ if [ -d .whl/p3/triton ]; then
 else
   "$PY" -m tritonkit runtime | head -2
 fi
-PA=$PWD/.whl/pa/perf_analyzer; chmod +x "$PA"
-LIBS=$(mktemp -d); cp .whl/pa/libb64.so.0d "$LIBS"/
+PADIR=$PWD/.whl/pa; [ -x "$PADIR/perf_analyzer" ] || [ -f "$PADIR/perf_analyzer" ] || PADIR=$STASH/pa  # stashed by device_run.sh p2
+PA=$PADIR/perf_analyzer; chmod +x "$PA"
+LIBS=$(mktemp -d); cp "$PADIR"/libb64.so.0d "$LIBS"/
 CUDART=$(ls "$TRITONKIT_HOME"/runtime/triton-*/lib/libcudart*.so.12* 2>/dev/null | head -1)
 [ -n "$CUDART" ] && ln -sf "$CUDART" "$LIBS"/libcudart.so.12
 export PA_LIB=$LIBS
@@ -63,9 +64,9 @@ set -- $PORTS
   --http-port "$1" --grpc-port "$2" --metrics-port "$3" --timeout 300 || { echo "Triton did not start"; exit 5; }
 echo "triton ready after $(( $(date +%s) - T0 )) s"
 timeout $(( 560 - ($(date +%s) - T0) )) "$PY" perf/bench_vs_perf_analyzer.py --pa "$PA" --url "127.0.0.1:$2" \
-  --model "$MODEL" --repository "$WORK/repo" --preset classification --concurrency 128,256 \
+  --model "$MODEL" --repository "$WORK/repo" --preset classification --concurrency "${CONCURRENCY-128,256}" \
   --streams "${MODES:-aio,threads}" --metrics-url "http://127.0.0.1:$3/metrics" \
-  --seconds "${SECONDS_PER_RUN:-10}" --repeat "${REPEAT:-2}" --starved 512
+  --seconds "${SECONDS_PER_RUN:-10}" --repeat "${REPEAT:-2}" --starved 512 --starved-hogs "${HOGS:-3}"
 echo "bench exit $? after $(( $(date +%s) - T0 )) s"
 "$PY" -m tritonkit stop --name gen-vs-pa >/dev/null 2>&1
 cp "$TRITONKIT_HOME"/servers/gen-vs-pa/server.log "$OUT"/triton-server.log 2>/dev/null

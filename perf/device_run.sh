@@ -3,9 +3,9 @@
 # back on the same warm machine (see perf/device_bundle.sh for the pieces):
 #
 #   bash perf/device_run.sh p1   # carry .whl/p1: stash it; print what the image has
-#   bash perf/device_run.sh p2   # carry .whl/p2: install vLLM + deps, build llama2-7b (random
-#                                #   weights), standalone vLLM phase of perf/gpu_reality.py
-#   bash perf/device_run.sh p3   # carry .whl/p3: Triton from the wheel, tritonkit-Triton phase, table
+#   bash perf/device_run.sh p2   # carry .whl/p2 (+ .whl/pa for device_generator.sh): install vLLM + deps,
+#                                #   build llama2-7b (random weights) for this GPU
+#   bash perf/device_run.sh p3   # carry .whl/p3: Triton from the wheel, perf/gpu_reality.py (its compare, table)
 #
 # Results and logs go to $OUT (gpu_reality.json, gpu_reality.md, run-*.log, logs.tar.gz).
 set -u
@@ -32,10 +32,10 @@ cleanup() {  # a standalone vLLM server left by a killed run holds the GPU: end 
   rm -f "$WORK"/vllm-server.pid
 }
 
-bench() {  # gpu_reality phases, bounded so the call ends before the device's 600 s limit;
+bench() {  # gpu_reality (it reuses p2's build), bounded so the call ends before the device's 600 s limit;
   # RATES / CONCURRENCY override the sweeps (the second H100 run: RATES=320,480,640,960,1280
   # CONCURRENCY=128,256,512, to find where each server misses the SLO)
-  timeout "$1" "$PY" perf/gpu_reality.py --out "$OUT" --work "$WORK" --phase "$2" \
+  timeout "$1" "$PY" perf/gpu_reality.py --out "$OUT" --work "$WORK" \
     --rates "${RATES:-10,20,40,80,160,320}" --concurrency "${CONCURRENCY:-1,8,32,128}" --window 3 --max-step 12 --warmup 2 \
     --start-timeout 300
   echo "gpu_reality exit $? after $(( $(date +%s) - T0 )) s"
@@ -80,13 +80,15 @@ p2)
   echo "$PWD" > "$SP"/tritonkit-src.pth   # tritonkit importable by Triton's engine process too
   echo "installed after $(( $(date +%s) - T0 )) s"
   "$PY" -c "import vllm, vllm.entrypoints.openai.api_server, vllm.v1.engine.async_llm, tritonclient.grpc, jsonschema, hdrh; print('vllm', vllm.__version__, 'imports OK')" || exit 6
-  bench 480 "${P2_PHASES:-build,vllm}"  # P2_PHASES=build: only the model repository (for device_generator.sh)
-  logs
+  # The model repository for this GPU (random weights, from p1's files); p3 and device_generator.sh use it.
+  PROFILE=$("$PY" -c "import sys; sys.path.insert(0, 'perf'); from gpu_reality import detect_gpu, profile_for; print(profile_for(detect_gpu()) or 'h100')")
+  "$PY" -m tritonkit build llama2-7b --gpu "$PROFILE" --random-weights -o "$WORK/repo" --force 2>&1 | tail -3
+  [ -d .whl/pa ] && cp -r .whl/pa "$STASH"/ && echo "perf_analyzer stashed for device_generator.sh"
   ;;
 p3)
   cleanup
   "$PY" -m tritonkit runtime --from-wheel "$STASH"/triton
-  bench 540 triton,report
+  bench 540
   logs
   ;;
 esac

@@ -8,8 +8,11 @@
 #   3. one worker against the same Triton server, the before (what one Python process holds).
 # Each prints per rate: started req/s, p99 send lag, TTFT/E2E p50 and client CPU per 1,000 requests.
 #
+# Also perf_analyzer 2.41 at PA_RATES on the gRPC server (where p2 stashed it): the server's own TTFT/E2E floor
+# at that rate, and the C++ client's CPU per 1,000 requests beside tritonkit's.
 # On the warm machine after `device_run.sh p1` and `p2` (p2 installs tritonclient and the stub's numpy):
 #   run: bash perf/device_scale.sh   carry: [".whl/p3"] (installs the Triton runtime from it)
+# SERVER_CPUS (default half the cores; as many model instances / SSE processes), WORKERS (the rest less one).
 # Output: $OUT/device_scale.log
 set -u
 cd "$(dirname "$0")/.."
@@ -27,13 +30,24 @@ if [ -d .whl/p3/triton ]; then
 fi
 left() { echo $(( ${1} - ($(date +%s) - T0) )); }
 SECS=${SECONDS_PER_RATE:-4}
-timeout "$(left 300)" "$PY" perf/bench_generator.py --split-cores --server-cpus "$S" --instances "$S" --workers "$W" \
-  --rates "${RATES:-1000,2500,4000,5000,6000,8000}" --seconds "$SECS" --streams "${MODES:-aio,threads}"
-echo "grpc exit $? after $(( $(date +%s) - T0 )) s"
-timeout "$(left 430)" "$PY" perf/bench_generator.py --protocol openai --split-cores --server-cpus "$S" \
+# perf_analyzer 2.41 (stashed by device_run.sh p2, or carried as .whl/pa) as the peer on the gRPC server
+PADIR=$PWD/.whl/pa; [ -f "$PADIR/perf_analyzer" ] || PADIR=$STASH/pa
+PA_ARGS=()
+if [ -f "$PADIR/perf_analyzer" ]; then
+  LIBS=$(mktemp -d); cp "$PADIR"/libb64.so.0d "$LIBS"/; chmod +x "$PADIR/perf_analyzer"
+  CUDART=$(ls "$TRITONKIT_HOME"/runtime/triton-*/lib/libcudart*.so.12* 2>/dev/null | head -1)
+  [ -n "$CUDART" ] && ln -sf "$CUDART" "$LIBS"/libcudart.so.12
+  export PA_LIB=$LIBS
+  PA_ARGS=(--pa "$PADIR/perf_analyzer" --pa-rates "${PA_RATES:-1000,5000}")
+fi
+# RATES, SSE_RATES, ONE_RATES: an empty one skips that part
+[ -n "${RATES-x}" ] && { timeout "$(left 300)" "$PY" perf/bench_generator.py --split-cores --server-cpus "$S" --instances "$S" \
+  --workers "$W" --rates "${RATES:-1000,2500,4000,5000,6000,8000}" --seconds "$SECS" --streams "${MODES:-aio,threads}" "${PA_ARGS[@]}"
+  echo "grpc exit $? after $(( $(date +%s) - T0 )) s"; }
+[ -n "${SSE_RATES-x}" ] && { timeout "$(left 430)" "$PY" perf/bench_generator.py --protocol openai --split-cores --server-cpus "$S" \
   --server-processes "$S" --workers "$W" --rates "${SSE_RATES:-1000,2500,4000,5000,6000}" --seconds "$SECS"
-echo "openai exit $? after $(( $(date +%s) - T0 )) s"
-timeout "$(left 540)" "$PY" perf/bench_generator.py --split-cores --server-cpus "$S" --instances "$S" --workers 1 \
-  --rates "${ONE_RATES:-500,1000,2000}" --seconds "$SECS" --streams aio
-echo "one worker exit $? after $(( $(date +%s) - T0 )) s"
+  echo "openai exit $? after $(( $(date +%s) - T0 )) s"; }
+[ -n "${ONE_RATES-x}" ] && { timeout "$(left 540)" "$PY" perf/bench_generator.py --split-cores --server-cpus "$S" --instances "$S" \
+  --workers 1 --rates "${ONE_RATES:-500,1000,2000}" --seconds "$SECS" --streams aio
+  echo "one worker exit $? after $(( $(date +%s) - T0 )) s"; }
 echo "== done in $(( $(date +%s) - T0 )) s"
