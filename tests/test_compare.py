@@ -412,14 +412,15 @@ def _live_processes(marker: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def compared(tiny_model, tmp_path_factory):
-    """`tritonkit compare` on the tiny model: each method in turn, a few seconds of load each."""
-    from tritonkit.runtime.base import RUNTIMES
-
+    """`tritonkit compare` on the tiny model: each method in turn, a few seconds of load each.
+    Ray Serve is left out here: a third server start cost ~130 s of CI's 40 minutes, and Ray
+    Serve runs end to end in test_ray.py and test_ray_cluster.py; its rows, pins and capacity
+    plan in a compare are checked above without a cluster."""
     root = tmp_path_factory.mktemp("compare")
     repo = root / "repo"
     subprocess.run([*TRITONKIT, "build", str(tiny_model), "--gpu", "cpu", "--name", "tiny", "-o", str(repo)],
                    check=True, capture_output=True, timeout=300)
-    chosen = "triton-local,vllm" + (",ray" if "ray" in RUNTIMES else "")
+    chosen = "triton-local,vllm"
     out = root / "out"
     p = subprocess.run([*TRITONKIT, "compare", "-r", str(repo), "--methods", chosen, "--rates", "2,4",
                         "--window", "1", "--max-step", "2", "--warmup", "0.5", "--price", "1.0", "--out", str(out),
@@ -460,10 +461,3 @@ def test_compare_serves_each_method_in_turn_and_writes_the_table(compared):
     assert _live_processes(str(compared["repo"])) == []
     assert "compare-" not in subprocess.run([*TRITONKIT, "status"], capture_output=True, text=True).stdout
 
-
-@pytest.mark.slow
-def test_compare_includes_ray_serve(compared):
-    if "ray" not in compared["methods"]:
-        pytest.skip("the Ray Serve runtime (tritonkit/runtime/ray.py, branch ray) has not landed in RUNTIMES")
-    run = json.loads((compared["out"] / "runs" / "ray-1.json").read_text())
-    assert run["status"] == "ok" and "Ray Serve + vLLM" in compared["proc"].stdout.splitlines()[0]
