@@ -10,7 +10,7 @@ request is a real stream through Triton's gRPC frontend and Python backend. Trit
 same machine and competes for its cores: on a 2-core box the numbers are a lower bound.
 
     .venv/bin/python perf/bench_generator.py [--rates 200,400,800,1000,1200] [--seconds 5] [--protocol grpc]
-        [--split-cores]   # Triton on CPU 0, the generator on the others: the generator's own limit
+        [--split-cores]   # the server on CPU 0, the generator on the others: the generator's own limit
         [--server-cpus N] # with --split-cores: the server gets the first N CPUs (a 16-core fleet run)
         [--workers N]     # tritonkit perf --workers N (client CPU then sums every worker and the parent)
         [--instances N]   # ground-truth model instances in Triton (a fleet-sized server on many cores)
@@ -176,8 +176,9 @@ def main() -> None:
     ap.add_argument("--server-processes", type=int, default=1, help="SSE ground-truth server processes (openai)")
     ap.add_argument("--streams", default="", help="gRPC transports to sweep in turn (TRANSPORT[/STREAMS[/CHANNELS]])")
     ap.add_argument("--split-cores", action="store_true",
-                    help="pin Triton (and its backend stubs) to CPU 0 and this load generator to the others, "
-                         "so the generator is measured on cores of its own")
+                    help="pin the server (Triton and its backend stubs, or the SSE server) to the first "
+                         "--server-cpus CPUs and this load generator to the others, so the generator is "
+                         "measured on cores of its own")
     ap.add_argument("--server-cpus", type=int, default=1, help="with --split-cores: CPUs for the server")
     ap.add_argument("--pa", default=None, help="perf_analyzer 2.41 binary: run it too at --pa-rates (gRPC only)")
     ap.add_argument("--pa-rates", default="1000")

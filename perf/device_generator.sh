@@ -49,7 +49,7 @@ if [ -d .whl/p3/triton ]; then
 else
   "$PY" -m tritonkit runtime | head -2
 fi
-PADIR=$PWD/.whl/pa; [ -x "$PADIR/perf_analyzer" ] || [ -f "$PADIR/perf_analyzer" ] || PADIR=$STASH/pa  # stashed by device_run.sh p2
+PADIR=$PWD/.whl/pa; [ -f "$PADIR/perf_analyzer" ] || PADIR=$STASH/pa  # carried, else stashed by device_run.sh p2
 PA=$PADIR/perf_analyzer; chmod +x "$PA"
 LIBS=$(mktemp -d); cp "$PADIR"/libb64.so.0d "$LIBS"/
 CUDART=$(ls "$TRITONKIT_HOME"/runtime/triton-*/lib/libcudart*.so.12* 2>/dev/null | head -1)
