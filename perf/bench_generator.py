@@ -93,12 +93,11 @@ async def one_rate(protocol: str, url: str, rate: float, seconds: float, chunks:
 
 def pa_rate(pa: str, url: str, rate: float, seconds: float, chunks: int, tmp: Path) -> dict:
     """perf_analyzer 2.41 at a constant request rate, gRPC streaming, the same requests as one_rate."""
-    import json
     import statistics
 
-    from bench_vs_perf_analyzer import _child_cpu, _pa_libs, pa_input
+    from bench_vs_perf_analyzer import _child_cpu, _pa_libs, pa_env, pa_input, pa_requests, pa_throughput
 
-    _pa_libs()
+    _pa_libs(pa)
     sampling = {"max_tokens": chunks, "gt_first_delay_ms": 5, "gt_gap_ms": 5}
     data = pa_input(tmp / "pa-rate-input.json", [(f"prompt {i} " + "word " * 20, sampling) for i in range(100)])
     export = tmp / f"pa-rate-{rate:g}.json"
@@ -106,19 +105,15 @@ def pa_rate(pa: str, url: str, rate: float, seconds: float, chunks: int, tmp: Pa
            "--request-rate-range", f"{rate:g}", "--measurement-interval", str(int(seconds * 1000)),
            "--input-data", str(data), "--profile-export-file", str(export), "--max-trials", "3",
            "--stability-percentage", "100"]
-    env = {**os.environ, "LD_LIBRARY_PATH": ":".join(p for p in (os.environ.get("PA_LIB", ""),
-                                                                   os.environ.get("LD_LIBRARY_PATH", "")) if p)}
     cpu0, t0 = _child_cpu(), time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds * 6 + 60, env=env)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds * 6 + 60, env=pa_env())
     cpu, wall = _child_cpu() - cpu0, time.perf_counter() - t0
     if proc.returncode != 0:
         return {"error": f"perf_analyzer exit {proc.returncode}: {(proc.stdout + proc.stderr)[-300:]}"}
-    reqs = json.loads(export.read_text())["experiments"][-1]["requests"]
-    done = [r for r in reqs if r.get("response_timestamps")]
+    done = pa_requests(export)
     ttft = statistics.median((r["response_timestamps"][0] - r["timestamp"]) / 1e6 for r in done)
     e2e = statistics.median((r["response_timestamps"][-1] - r["timestamp"]) / 1e6 for r in done)
-    rps = next((float(line.split("Throughput:")[1].split()[0]) for line in proc.stdout.splitlines()
-                if "Throughput:" in line), 0.0)
+    rps = pa_throughput(proc.stdout) or 0.0
     sent = rps * wall  # its requests over the whole call (every trial), for CPU per 1,000
     return {"rps": rps, "ttft_p50_ms": ttft, "e2e_p50_ms": e2e, "cpu_per_1000": cpu / max(1.0, sent) * 1000,
             "cpu_share": cpu / wall}

@@ -70,11 +70,22 @@ def _child_cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def vllm_e2e(before: dict | None, after: dict | None) -> float | None:
-    """vLLM's own mean e2e latency between two scrapes (None without vLLM metrics)."""
-    from tritonkit.perf import server_metrics, verdict
+def pa_env() -> dict[str, str]:
+    """perf_analyzer's environment: its libraries (PA_LIB, see _pa_libs) on LD_LIBRARY_PATH."""
+    return {**os.environ, "LD_LIBRARY_PATH": ":".join(p for p in (os.environ.get("PA_LIB", ""),
+                                                                  os.environ.get("LD_LIBRARY_PATH", "")) if p)}
 
-    return verdict.server_latency_s(server_metrics.diff(before, after))[0]
+
+def pa_throughput(stdout: str) -> float | None:
+    """The req/s of perf_analyzer's first 'Throughput:' line (its measured experiment)."""
+    return next((float(line.split("Throughput:")[1].split()[0]) for line in stdout.splitlines()
+                 if "Throughput:" in line), None)
+
+
+def pa_requests(export: Path) -> list[dict]:
+    """The requests of perf_analyzer's last experiment that got a response (its profile export)."""
+    reqs = json.loads(export.read_text())["experiments"][-1]["requests"]
+    return [r for r in reqs if r.get("response_timestamps")]
 
 
 def vllm_profile(diff: dict) -> str:
@@ -154,26 +165,18 @@ def run_pa(pa: str, url: str, model: str, users: int, seconds: float, data: Path
     cmd = [*pin, pa, "-m", model, "-u", url, "-i", "grpc", "--streaming",
            "--concurrency-range", str(users), "--measurement-interval", str(int(seconds * 1000 / 3)),
            "--input-data", str(data), "--profile-export-file", str(export), "--max-trials", "6", "--stability-percentage", "100"]
-    env = {**os.environ, "LD_LIBRARY_PATH": ":".join(p for p in (os.environ.get("PA_LIB", ""),
-                                                                   os.environ.get("LD_LIBRARY_PATH", "")) if p)}
-    from tritonkit.perf import server_metrics
+    from tritonkit.perf import server_metrics, verdict
 
     cpu0 = _child_cpu()
     before = server_metrics.scrape(metrics_url)
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds * 10 + 120, env=env)
-    after = server_metrics.scrape_settled(metrics_url)  # over all its trials
-    server_s, profile = vllm_e2e(before, after), vllm_profile(server_metrics.diff(before, after))
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds * 10 + 120, env=pa_env())
+    diff = server_metrics.diff(before, server_metrics.scrape_settled(metrics_url))  # over all its trials
     if proc.returncode != 0:
         raise SystemExit(f"perf_analyzer failed ({proc.returncode}): {proc.stdout[-1500:]} {proc.stderr[-1500:]}")
-    rps = None
-    for line in proc.stdout.splitlines():
-        if "Throughput:" in line and rps is None:
-            rps = float(line.split("Throughput:")[1].split()[0])
-    doc = json.loads(export.read_text())
-    reqs = doc["experiments"][-1]["requests"]
-    e2e = sorted((r["response_timestamps"][-1] - r["timestamp"]) / 1e9 for r in reqs if r.get("response_timestamps"))
-    return {"rps": rps, "p50": statistics.median(e2e), "p90": e2e[int(0.9 * (len(e2e) - 1))], "ok": len(e2e),
-            "cpu_s": _child_cpu() - cpu0, "server_s": server_s, "vllm": profile}
+    e2e = sorted((r["response_timestamps"][-1] - r["timestamp"]) / 1e9 for r in pa_requests(export))
+    return {"rps": pa_throughput(proc.stdout), "p50": statistics.median(e2e), "p90": e2e[int(0.9 * (len(e2e) - 1))],
+            "ok": len(e2e), "cpu_s": _child_cpu() - cpu0, "server_s": verdict.server_latency_s(diff)[0],
+            "vllm": vllm_profile(diff)}
 
 
 def _inside(r: dict) -> str:
@@ -238,13 +241,18 @@ def starved(args, workload_args: list[str], tmp: Path) -> None:
             hog.wait()
 
 
-def _pa_libs() -> None:
+def _pa_libs(pa: str | None = None) -> None:
+    """PA_LIB (unless set): libcudart.so.12 from the Triton runtime, and libb64.so.0d where it lies
+    beside the perf_analyzer binary (perf/device_generator.sh prepare puts it there)."""
     install = find_triton()
-    if install and "PA_LIB" not in os.environ:  # perf_analyzer wants libcudart.so.12: the runtime has one
+    if install and "PA_LIB" not in os.environ:
         libs = Path(tempfile.mkdtemp(prefix="pa-lib-"))
         for lib in install.lib_dir.glob("libcudart*.so.12*"):
             (libs / "libcudart.so.12").symlink_to(lib)
             break
+        b64 = Path(pa).resolve().parent / "libb64.so.0d" if pa else None
+        if b64 and b64.is_file():
+            (libs / b64.name).symlink_to(b64)
         os.environ["PA_LIB"] = str(libs)
 
 
@@ -267,7 +275,7 @@ def main() -> None:
     ap.add_argument("--starved", type=int, default=0, help="users of a starved run (--workers 1, one core)")
     ap.add_argument("--starved-hogs", type=int, default=3, help="busy loops sharing the starved run's core")
     args = ap.parse_args()
-    _pa_libs()
+    _pa_libs(args.pa)
     with tempfile.TemporaryDirectory(prefix="tk-vs-pa-") as tmpdir:
         tmp = Path(tmpdir)
         if args.url:

@@ -33,11 +33,8 @@ SECS=${SECONDS_PER_RATE:-4}
 # perf_analyzer 2.41 (stashed by device_run.sh p2, or carried as .whl/pa) as the peer on the gRPC server
 PADIR=$PWD/.whl/pa; [ -f "$PADIR/perf_analyzer" ] || PADIR=$STASH/pa
 PA_ARGS=()
-if [ -f "$PADIR/perf_analyzer" ]; then
-  LIBS=$(mktemp -d); cp "$PADIR"/libb64.so.0d "$LIBS"/; chmod +x "$PADIR/perf_analyzer"
-  CUDART=$(ls "$TRITONKIT_HOME"/runtime/triton-*/lib/libcudart*.so.12* 2>/dev/null | head -1)
-  [ -n "$CUDART" ] && ln -sf "$CUDART" "$LIBS"/libcudart.so.12
-  export PA_LIB=$LIBS
+if [ -f "$PADIR/perf_analyzer" ]; then  # its libraries (libb64 beside it, the runtime's libcudart): bench_generator
+  chmod +x "$PADIR/perf_analyzer"
   PA_ARGS=(--pa "$PADIR/perf_analyzer" --pa-rates "${PA_RATES:-1000,5000}")
 fi
 # RATES, SSE_RATES, ONE_RATES: an empty one skips that part
