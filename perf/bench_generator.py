@@ -178,6 +178,8 @@ def main() -> None:
     ap.add_argument("--pa", default=None, help="perf_analyzer 2.41 binary: run it too at --pa-rates (gRPC only)")
     ap.add_argument("--pa-rates", default="1000")
     args = ap.parse_args()
+    if args.pa and not (os.path.isfile(args.pa) and os.access(args.pa, os.X_OK)):
+        raise SystemExit(f"error: perf_analyzer not found or not executable: {args.pa}")
     cpus = sorted(os.sched_getaffinity(0))
     if args.split_cores:
         if len(cpus) <= args.server_cpus or args.server_cpus < 1:

@@ -275,6 +275,8 @@ def main() -> None:
     ap.add_argument("--starved", type=int, default=0, help="users of a starved run (--workers 1, one core)")
     ap.add_argument("--starved-hogs", type=int, default=3, help="busy loops sharing the starved run's core")
     args = ap.parse_args()
+    if not (os.path.isfile(args.pa) and os.access(args.pa, os.X_OK)):
+        raise SystemExit(f"error: perf_analyzer not found or not executable: {args.pa}")
     _pa_libs(args.pa)
     with tempfile.TemporaryDirectory(prefix="tk-vs-pa-") as tmpdir:
         tmp = Path(tmpdir)
