@@ -68,7 +68,7 @@ async def one_rate(protocol: str, url: str, rate: float, seconds: float, chunks:
         # Warm the channel so connection setup is not counted.
         async for _ in client.stream("warm", {"max_tokens": 1}):
             pass
-        cpu0, t0 = time.process_time(), time.perf_counter()
+        times0, t0 = os.times(), time.perf_counter()
         if workers > 1:
             from tritonkit.perf.workers import WorkerPool
 
@@ -77,16 +77,19 @@ async def one_rate(protocol: str, url: str, rate: float, seconds: float, chunks:
                 result = await Runner(client, workload, spec, pool=pool).run()
         else:
             result = await Runner(client, workload, spec).run()
-        cpu, wall = time.process_time() - cpu0, time.perf_counter() - t0
+        times1, wall = os.times(), time.perf_counter() - t0
+        user, system = times1.user - times0.user, times1.system - times0.system
+        cpu = user + system
     finally:
         await client.close()
     step = result.steps[0]
     if workers > 1:
         cpu = step.client_cpu_s  # every worker and the parent, over the step
+        user = system = None  # (not split per worker)
     lag = step.summaries["send_lag"]
     return {"rate": rate, "sent": step.sent, "ok": step.ok, "failed": step.failed, "errors": step.errors,
             "send_rate": step.send_rate, "lag_p50_ms": (lag.p50 or 0) * 1000, "lag_p99_ms": (lag.p99 or 0) * 1000,
-            "cpu_s": cpu, "wall_s": wall, "cpu_per_1000": cpu / max(1, step.sent) * 1000,
+            "cpu_s": cpu, "wall_s": wall, "user_s": user, "system_s": system, "cpu_per_1000": cpu / max(1, step.sent) * 1000,
             "e2e_p50_ms": (step.summaries["e2e"].p50 or 0) * 1000, "rps": step.rps,
             "ttft_p50_ms": (step.summaries["ttft"].p50 or 0) * 1000}
 
@@ -210,10 +213,11 @@ def main() -> None:
         row = asyncio.run(one_rate(args.protocol, url, rate, args.seconds, args.chunks, args.workers))
         rows.append(row)
         mode_rows[mode].append(row)
+        split = "" if row["user_s"] is None else f" ({row['system_s'] / max(row['cpu_s'], 1e-9):.0%} in the kernel)"
         print(f"{mode + ' ' if mode else ''}rate {rate:7.0f}/s: sent {row['sent']:6d} ok {row['ok']:6d} "
               f"failed {row['failed']:4d} started {row['send_rate']:7.1f}/s  lag p50 {row['lag_p50_ms']:6.2f} ms "
               f"p99 {row['lag_p99_ms']:7.2f} ms  TTFT p50 {row['ttft_p50_ms']:6.2f} ms  e2e p50 {row['e2e_p50_ms']:6.2f} ms  "
-              f"client CPU {row['cpu_s'] / row['wall_s']:4.0%} = {row['cpu_per_1000']:.3f} s per 1000 req "
+              f"client CPU {row['cpu_s'] / row['wall_s']:4.0%} = {row['cpu_per_1000']:.3f} s per 1000 req{split} "
               f"{row['errors'] or ''}", flush=True)
 
     if args.protocol == "openai":

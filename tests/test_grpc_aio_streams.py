@@ -1,5 +1,5 @@
-"""The load generator's gRPC transports (tritonkit.client.grpc_aio_streams, and grpc_streams' threads)
-against the ground-truth model on real Triton: responses routed by request id over shared streams,
+"""The load generator's gRPC transports (tritonkit.client.grpc_aio_streams, grpc_h2_streams, and
+grpc_streams' threads) against the ground-truth model on real Triton: responses routed by request id over shared streams,
 a failing request amid good ones, timeouts and cancellation (a request alone on its stream is
 aborted on the server), closing with requests in flight, and a server killed mid-run."""
 
@@ -69,7 +69,7 @@ def test_transport_is_chosen_by_environment(monkeypatch):
 
 
 @pytest.mark.slow  # starts a server
-@pytest.mark.parametrize("transport", ["aio", "threads"])
+@pytest.mark.parametrize("transport", ["aio", "h2", "threads"])
 def test_responses_find_their_request_by_id_and_errors_stay_with_theirs(server, transport):
     """60 requests over 2 streams, each asking for its own token count; every 7th is malformed (the
     model answers it with an error on the shared stream): each record gets exactly its own answer."""
@@ -95,14 +95,17 @@ def test_responses_find_their_request_by_id_and_errors_stay_with_theirs(server, 
             assert rec.ok and rec.output_tokens == 1 + rec.index % 5 == len(rec.chunks), rec
             assert rec.finish_reason == "length"
     assert after.ok and after.output_tokens == 3
+    if transport == "h2":
+        assert new_threads == 0, new_threads  # no grpcio underneath: nothing but the event loop
     if transport == "aio":
         assert new_threads <= 1, new_threads  # gRPC's own poller at most: no threads of ours
 
 
 @pytest.mark.slow  # starts a server
-def test_an_unknown_model_fails_its_requests_clearly(server):
+@pytest.mark.parametrize("transport", ["aio", "h2"])
+def test_an_unknown_model_fails_its_requests_clearly(server, transport):
     async def go():
-        client = _client(server, model="no_such_model")
+        client = _client(server, transport, model="no_such_model")
         try:
             return await asyncio.wait_for(_send(client, 1, {**QUICK, "max_tokens": 2}), 10)
         finally:
@@ -113,11 +116,12 @@ def test_an_unknown_model_fails_its_requests_clearly(server):
 
 
 @pytest.mark.slow  # starts a server
-def test_a_timed_out_request_alone_on_its_stream_is_aborted_and_the_slot_reused(server):
-    rid = f"aio-timeout-{time.monotonic_ns()}"
+@pytest.mark.parametrize("transport", ["aio", "h2"])
+def test_a_timed_out_request_alone_on_its_stream_is_aborted_and_the_slot_reused(server, transport):
+    rid = f"{transport}-timeout-{time.monotonic_ns()}"
 
     async def go():
-        client = _client(server, streams=4)
+        client = _client(server, transport, streams=4)
         try:
             rec = RequestRecord(0, time.perf_counter())
             t0 = time.perf_counter()
@@ -138,9 +142,10 @@ def test_a_timed_out_request_alone_on_its_stream_is_aborted_and_the_slot_reused(
 
 
 @pytest.mark.slow  # starts a server
-def test_a_timed_out_request_sharing_a_stream_is_forgotten_and_the_others_finish(server):
+@pytest.mark.parametrize("transport", ["aio", "h2"])
+def test_a_timed_out_request_sharing_a_stream_is_forgotten_and_the_others_finish(server, transport):
     async def go():
-        client = _client(server, streams=1)
+        client = _client(server, transport, streams=1)
         try:
             slow = RequestRecord(0, time.perf_counter())
 
@@ -166,11 +171,12 @@ def test_a_timed_out_request_sharing_a_stream_is_forgotten_and_the_others_finish
 
 
 @pytest.mark.slow  # starts a server
-def test_closing_with_requests_in_flight_ends_them_and_aborts_them_on_the_server(server):
-    rid = f"aio-close-{time.monotonic_ns()}"
+@pytest.mark.parametrize("transport", ["aio", "h2"])
+def test_closing_with_requests_in_flight_ends_them_and_aborts_them_on_the_server(server, transport):
+    rid = f"{transport}-close-{time.monotonic_ns()}"
 
     async def go():
-        client = _client(server, streams=2)
+        client = _client(server, transport, streams=2)
         rec = RequestRecord(0, time.perf_counter())
         task = asyncio.create_task(client.request("x", {"max_tokens": 100, "gt_first_delay_ms": 20, "gt_gap_ms": 50},
                                                   None, rid, rec.observe, 0))
@@ -187,11 +193,12 @@ def test_closing_with_requests_in_flight_ends_them_and_aborts_them_on_the_server
 
 
 @pytest.mark.slow  # starts a server
-def test_a_server_killed_mid_run_fails_what_is_in_flight_and_what_follows(tmp_path):
+@pytest.mark.parametrize("transport", ["aio", "h2"])
+def test_a_server_killed_mid_run_fails_what_is_in_flight_and_what_follows(transport):
     own = start_ground_truth("aio-kill")
     try:
         async def go():
-            client = _client(own, streams=4)
+            client = _client(own, transport, streams=4)
             try:
                 first = await _send(client, 0, {**QUICK, "max_tokens": 2})
                 inflight = [asyncio.create_task(_send(client, i, {"max_tokens": 50, "gt_first_delay_ms": 20,
@@ -215,3 +222,39 @@ def test_a_server_killed_mid_run_fails_what_is_in_flight_and_what_follows(tmp_pa
         assert rec.error_kind == "unreachable" and "cannot reach Triton gRPC" in rec.error, rec
         assert 0 < len(rec.chunks) < 50  # it was streaming when the server died
     assert after.error_kind == "unreachable", after
+
+
+@pytest.mark.slow  # starts a server
+def test_h2_sends_a_request_larger_than_the_flow_control_window(server):
+    """300 KB of prompt: more than HTTP/2's first 64 KB window and its 16 KB frames, so the request
+    goes out in pieces as the server grants window."""
+
+    async def go():
+        client = _client(server, "h2", streams=2)
+        try:
+            big = RequestRecord(0, time.perf_counter())
+            await asyncio.wait_for(client.request("word " * 60_000, {**QUICK, "max_tokens": 3}, None, "big",
+                                                  big.observe, 0), 20)
+            small = await _send(client, 1, {**QUICK, "max_tokens": 2}, 0)
+            return big, small
+        finally:
+            await client.close()
+
+    big, small = asyncio.run(go())
+    assert big.ok and big.output_tokens == 3, big
+    assert small.ok and small.output_tokens == 2, small
+
+
+def test_h2_without_a_server_is_unreachable():
+    from tritonkit.runtime.spec import free_port
+
+    async def go():
+        client = TritonGrpcClient(f"127.0.0.1:{free_port()}", "m")
+        client.transport = "h2"
+        try:
+            return await _send(client, 0, {"max_tokens": 2})
+        finally:
+            await client.close()
+
+    rec = asyncio.run(go())
+    assert rec.error_kind == "unreachable" and "cannot reach Triton gRPC" in rec.error, rec

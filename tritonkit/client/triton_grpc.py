@@ -23,6 +23,7 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonkit.client.base import Chunk, RequestError, StreamClient, UnknownModel, Unreachable, sampling_json
 from tritonkit.client.grpc_streams import StreamPool
 from tritonkit.client.grpc_aio_streams import AioStreamPool
+from tritonkit.client.grpc_h2_streams import H2StreamPool
 from tritonkit.errors import ServerError, UsageError
 
 _BOOL_INPUTS = ("stream", "exclude_input_in_output", "return_num_input_tokens",
@@ -32,6 +33,7 @@ _OPTIONS = (("grpc.max_send_message_length", _MAX_MESSAGE), ("grpc.max_receive_m
 _U32 = struct.Struct("<I")
 _CACHE_MAX = 20000  # distinct (prompt, sampling) request bodies kept
 # The load generator's gRPC transport (TRITONKIT_GRPC_STREAMS), to compare them on one server:
+#   h2           shared long-lived streams on tritonkit's own HTTP/2 framing, no grpcio (grpc_h2_streams)
 #   aio          shared long-lived streams on grpc.aio, all on the event loop (grpc_aio_streams)
 #   threads      shared long-lived streams on sync gRPC, two threads a stream (grpc_streams; was "shared")
 #   per-request  one stream per request (the pattern before issue 13; cancels exactly one request)
@@ -39,7 +41,7 @@ _CACHE_MAX = 20000  # distinct (prompt, sampling) request bodies kept
 # so a stalled loop shows as send lag and a client-limited verdict. aio stamps on the loop, so a
 # stall hides inside the latencies (tests/test_perf_ground_truth.py's starved client is not caught),
 # though it was faster at 128 users on the H100 (0.78x perf_analyzer against 0.58x).
-TRANSPORTS = ("aio", "threads", "per-request")
+TRANSPORTS = ("h2", "aio", "threads", "per-request")
 DEFAULT_TRANSPORT = "threads"
 
 
@@ -113,7 +115,7 @@ class TritonGrpcClient(StreamClient):
         self._channel: grpc.aio.Channel | None = None
         self._stub: service_pb2_grpc.GRPCInferenceServiceStub | None = None
         self._template = _request_template(model)
-        self._pool: StreamPool | AioStreamPool | None = None
+        self._pool: StreamPool | AioStreamPool | H2StreamPool | None = None
         self._bodies: dict[tuple, bytes] = {}
         self.transport = os.environ.get("TRITONKIT_GRPC_STREAMS", DEFAULT_TRANSPORT).replace("shared", "threads")
         if self.transport not in TRANSPORTS:
@@ -121,7 +123,7 @@ class TritonGrpcClient(StreamClient):
                              f"use one of: {', '.join(TRANSPORTS)}")
         # Streams a process opens (closed-loop users get one each up to this many) and the TCP
         # connections they share; TRITONKIT_GRPC_STREAM_COUNT / TRITONKIT_GRPC_CHANNELS to measure others.
-        self.n_streams = _env_int("TRITONKIT_GRPC_STREAM_COUNT", 64 if self.transport == "aio" else 16)
+        self.n_streams = _env_int("TRITONKIT_GRPC_STREAM_COUNT", 16 if self.transport == "threads" else 64)
         self.n_channels = _env_int("TRITONKIT_GRPC_CHANNELS", 1)
 
     def _get_stub(self) -> service_pb2_grpc.GRPCInferenceServiceStub:
@@ -221,7 +223,9 @@ class TritonGrpcClient(StreamClient):
             return await super().request(prompt, sampling, lora_name, request_id, observe, slot)
         if self._pool is None:
             errors = (self._rpc_error, lambda message: _server_error(message, self.model))
-            if self.transport == "aio":
+            if self.transport == "h2":
+                self._pool = H2StreamPool(self.url, _parse, errors[1], self.n_streams, self.n_channels)
+            elif self.transport == "aio":
                 self._pool = AioStreamPool(self.url, _parse, *errors, self.n_streams, self.n_channels, _OPTIONS)
             else:
                 self._pool = StreamPool(self.url, _parse, *errors, self.n_streams, _OPTIONS)
@@ -230,7 +234,7 @@ class TritonGrpcClient(StreamClient):
     async def close(self) -> None:
         if self._pool is not None:
             pool, self._pool = self._pool, None
-            if isinstance(pool, AioStreamPool):
+            if isinstance(pool, (AioStreamPool, H2StreamPool)):
                 await pool.close()
             else:
                 await asyncio.to_thread(pool.close)
