@@ -39,7 +39,7 @@ $DL -d "$W/wheels" \
   jmespath "prometheus-fastapi-instrumentator>=8.0.0" setproctitle blake3 python-json-logger \
   depyf==0.20.0 astor dill diskcache==5.6.3 lark==1.2.2 email-validator dnspython pydantic-extra-types ijson \
   jsonschema jsonschema-specifications referencing rpds-py "tritonclient>=2.51,<3" python-rapidjson \
-  "hdrhistogram>=0.10,<0.11"
+  "hdrhistogram>=0.10,<0.11" "hpack>=4,<5"
 $DL -d "$W/triton" nvidia-pytriton==0.7.0 numpy==1.26.4
 
 rm -rf "$W/vtrim" && mkdir "$W/vtrim"

@@ -79,7 +79,7 @@ p2)
   tar xJf "$STASH"/vllm-trim.tar.xz -C "$SP" || exit 5
   echo "$PWD" > "$SP"/tritonkit-src.pth   # tritonkit importable by Triton's engine process too
   echo "installed after $(( $(date +%s) - T0 )) s"
-  "$PY" -c "import vllm, vllm.entrypoints.openai.api_server, vllm.v1.engine.async_llm, tritonclient.grpc, jsonschema, hdrh; print('vllm', vllm.__version__, 'imports OK')" || exit 6
+  "$PY" -c "import vllm, vllm.entrypoints.openai.api_server, vllm.v1.engine.async_llm, tritonclient.grpc, jsonschema, hdrh, hpack; print('vllm', vllm.__version__, 'imports OK')" || exit 6
   # The model repository for this GPU (random weights, from p1's files); p3 and device_generator.sh use it.
   PROFILE=$("$PY" -c "import sys; sys.path.insert(0, 'perf'); from gpu_reality import detect_gpu, profile_for; print(profile_for(detect_gpu()) or 'h100')")
   "$PY" -m tritonkit build llama2-7b --gpu "$PROFILE" --random-weights -o "$WORK/repo" --force 2>&1 | tail -3

@@ -3,7 +3,7 @@
 # used), the server on half the cores, tritonkit perf's worker processes on the other half, open
 # loop, 4 one-token chunks per request (first after 5 ms, then 5 ms apart: TTFT 5 ms, E2E 20 ms):
 #   1. gRPC streaming against real Triton serving the ground-truth model with one instance per server core,
-#      tritonkit's aio and threads transports side by side at each rate;
+#      tritonkit's gRPC transports (MODES, default h2 and aio) side by side at each rate;
 #   2. the OpenAI SSE path against perf/sse_ground_truth.py (aiohttp) with one process per server core;
 #   3. one worker against the same Triton server, the before (what one Python process holds).
 # Each prints per rate: started req/s, p99 send lag, TTFT/E2E p50 and client CPU per 1,000 requests.
@@ -39,12 +39,12 @@ if [ -f "$PADIR/perf_analyzer" ]; then  # its libraries (libb64 beside it, the r
 fi
 # RATES, SSE_RATES, ONE_RATES: an empty one skips that part
 [ -n "${RATES-x}" ] && { timeout "$(left 300)" "$PY" perf/bench_generator.py --split-cores --server-cpus "$S" --instances "$S" \
-  --workers "$W" --rates "${RATES:-1000,2500,4000,5000,6000,8000}" --seconds "$SECS" --streams "${MODES:-aio,threads}" "${PA_ARGS[@]}"
+  --workers "$W" --rates "${RATES:-1000,2500,4000,5000,6000,8000}" --seconds "$SECS" --streams "${MODES:-h2,aio}" "${PA_ARGS[@]}"
   echo "grpc exit $? after $(( $(date +%s) - T0 )) s"; }
 [ -n "${SSE_RATES-x}" ] && { timeout "$(left 430)" "$PY" perf/bench_generator.py --protocol openai --split-cores --server-cpus "$S" \
   --server-processes "$S" --workers "$W" --rates "${SSE_RATES:-1000,2500,4000,5000,6000}" --seconds "$SECS"
   echo "openai exit $? after $(( $(date +%s) - T0 )) s"; }
 [ -n "${ONE_RATES-x}" ] && { timeout "$(left 540)" "$PY" perf/bench_generator.py --split-cores --server-cpus "$S" --instances "$S" \
-  --workers 1 --rates "${ONE_RATES:-500,1000,2000}" --seconds "$SECS" --streams aio
+  --workers 1 --rates "${ONE_RATES:-500,1000,2000}" --seconds "$SECS" --streams "${ONE_MODES:-h2,aio}" "${PA_ARGS[@]}"
   echo "one worker exit $? after $(( $(date +%s) - T0 )) s"; }
 echo "== done in $(( $(date +%s) - T0 )) s"
