@@ -117,8 +117,9 @@ def run_tritonkit(url: str, users: int, seconds: float, workload_args: list[str]
     pin = ["taskset", "-c", str(cpu)] if cpu is not None else []
     cmd = [*pin, sys.executable, "-m", "tritonkit", "perf", "--url", url, "--concurrency", str(users),
            "--duration", str(seconds), "--warmup", "2", "--json", "--out", str(out), *workload_args]
-    if workers:
-        cmd += ["--workers", workers]
+    streams, _, own_workers = streams.partition("@")  # MODE@N: this mode with --workers N
+    if own_workers or workers:
+        cmd += ["--workers", own_workers or workers]
     cpu0 = _child_cpu()
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds * 4 + 120,
                           env={**os.environ, "PYTHONPATH": str(HERE.parent), **mode_env(streams)})

@@ -9,6 +9,7 @@
 #   aio/16    the same with 16 streams a worker (at 256 users: 2 users a stream; does sharing cost?)
 #   aio/64/8  8 TCP connections a worker (perf_analyzer puts at most 6 contexts on a connection)
 #   threads   the sync-gRPC transport before (two threads a stream, 16 streams a worker)
+#   h2        tritonkit's own HTTP/2 framing, no grpcio (64 streams a worker); any MODE@N runs with --workers N
 # and for every run, perf_analyzer's too, vLLM's own e2e latency (its metrics) and so the users inside vLLM.
 #
 # Here, once (network): bash perf/device_generator.sh prepare   # -> .whl/pa (perf_analyzer + libb64, ~18 MiB)
@@ -66,7 +67,7 @@ echo "triton ready after $(( $(date +%s) - T0 )) s"
 timeout $(( 560 - ($(date +%s) - T0) )) "$PY" perf/bench_vs_perf_analyzer.py --pa "$PA" --url "127.0.0.1:$2" \
   --model "$MODEL" --repository "$WORK/repo" --preset classification --concurrency "${CONCURRENCY-128,256}" \
   --streams "${MODES:-aio,threads}" --metrics-url "http://127.0.0.1:$3/metrics" \
-  --seconds "${SECONDS_PER_RUN:-10}" --repeat "${REPEAT:-2}" --starved 512 --starved-hogs "${HOGS:-3}"
+  --seconds "${SECONDS_PER_RUN:-10}" --repeat "${REPEAT:-2}" --starved "${STARVED-512}" --starved-hogs "${HOGS:-3}"
 echo "bench exit $? after $(( $(date +%s) - T0 )) s"
 "$PY" -m tritonkit stop --name gen-vs-pa >/dev/null 2>&1
 cp "$TRITONKIT_HOME"/servers/gen-vs-pa/server.log "$OUT"/triton-server.log 2>/dev/null
