@@ -56,7 +56,7 @@ def _logged_cancel(server, rid: str, seconds: float = 5.0) -> bool:
 
 def test_transport_is_chosen_by_environment(monkeypatch):
     monkeypatch.delenv("TRITONKIT_GRPC_STREAMS", raising=False)
-    assert TritonGrpcClient("127.0.0.1:1", "m").transport == "threads"  # arrival stamped off the loop: a stalled loop shows
+    assert TritonGrpcClient("127.0.0.1:1", "m").transport == "h2"  # kernel arrival stamps: a stalled loop shows
     monkeypatch.setenv("TRITONKIT_GRPC_STREAMS", "shared")  # the old name of the thread transport
     assert TritonGrpcClient("127.0.0.1:1", "m").transport == "threads"
     monkeypatch.setenv("TRITONKIT_GRPC_STREAMS", "fast")

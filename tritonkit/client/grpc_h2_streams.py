@@ -5,7 +5,8 @@ Why: with grpcio (threads or grpc.aio) most of the generator's CPU went to grpci
 (a py-spy profile: the request-iterator consumer, condition waits, the channel's polling), 0.6-1.4 s
 of CPU per 1,000 streamed requests against perf_analyzer's 0.2-0.3 s. A ModelStreamInfer call is
 just an HTTP/2 stream of length-prefixed protobuf messages, so here a request is one DATA frame
-written straight to the socket, and a response is parsed where its bytes arrive, on the loop.
+written straight to the socket, and a response is parsed where its bytes arrive, on the loop,
+with the arrival time the kernel stamped on them (stamped_socket): a late loop does not hide.
 
 Otherwise it behaves like grpc_aio_streams, so every transport reports alike: as perf_analyzer
 does, requests share streams and are told apart by id; closed-loop users get stream `slot %
@@ -28,6 +29,7 @@ from tritonclient.grpc import service_pb2
 from tritonkit.client.base import Chunk, RequestError, Unreachable
 from tritonkit.client.grpc_streams import METHOD, _id_field, _settle
 from tritonkit.client.h2_wire import ConnectionGone, H2Connection, H2Stream, header_block
+from tritonkit.client.stamped_socket import open_stamped
 
 _Response = service_pb2.ModelStreamInferResponse
 _PREFIX = struct.Struct(">BI")  # gRPC message: compressed flag, length
@@ -171,9 +173,8 @@ class H2StreamPool:
                 self.connecting[i] = None
 
     async def _connect(self, i: int) -> H2Connection:
-        loop = asyncio.get_running_loop()
         try:
-            _, conn = await loop.create_connection(H2Connection, self.host, self.port)
+            conn = await open_stamped(self.host, self.port, H2Connection)
         except OSError as err:
             raise Unreachable(f"cannot reach Triton gRPC at {self.url}: {err.strerror or err}",
                               "is the server running? (`tritonkit serve`), or pass the right --url") from None

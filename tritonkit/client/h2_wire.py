@@ -7,14 +7,13 @@ no priority, no TLS. The header blocks we send are built once, literal and witho
 the server's are decoded with the `hpack` package, which keeps its dynamic table in step. On a
 long-lived gRPC stream headers come only at its start and end, never per request.
 
-Receiving: each read is stamped once with time.perf_counter() before any parsing, and every DATA
-frame in it is handed to its stream with that stamp: the arrival time as this process saw it.
+Receiving: each read comes with one arrival time (the kernel's, from stamped_socket, or
+time.perf_counter() before any parsing), and every DATA frame in it is handed to its stream with it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import socket
 import struct
 import time
 
@@ -110,9 +109,6 @@ class H2Connection(asyncio.Protocol):
     # -- the connection's life ------------------------------------------------------------------
     def connection_made(self, transport) -> None:
         self.transport = transport
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         settings = (_SETTING.pack(_ENABLE_PUSH, 0) + _SETTING.pack(_INITIAL_WINDOW_SIZE, MAX_WINDOW))
         transport.write(PREFACE + frame(SETTINGS, 0, 0, settings)
                         + frame(WINDOW_UPDATE, 0, 0, _U32.pack(MAX_WINDOW - _DEFAULT_WINDOW)))
@@ -128,10 +124,10 @@ class H2Connection(asyncio.Protocol):
             stream.on_end(error)
 
     def close(self) -> None:
+        self._fail_all(ConnectionAbortedError("the connection was closed"))  # before the socket says "lost"
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(frame(GOAWAY, 0, 0, _U32.pack(0) + _U32.pack(NO_ERROR)))
             self.transport.close()
-        self._fail_all(ConnectionAbortedError("the connection was closed"))
 
     # -- sending ----------------------------------------------------------------------------------
     def open_stream(self, stream: H2Stream, block: bytes) -> None:
@@ -177,8 +173,10 @@ class H2Connection(asyncio.Protocol):
             self.transport.write(frame(RST_STREAM, 0, stream.sid, _U32.pack(code)))
 
     # -- receiving --------------------------------------------------------------------------------
-    def data_received(self, data: bytes) -> None:
-        t = time.perf_counter()  # arrival, before parsing
+    def data_received(self, data: bytes, t: float | None = None) -> None:
+        """`t`: when the bytes arrived (stamped_socket gives the kernel's stamp); else now, before parsing."""
+        if t is None:
+            t = time.perf_counter()
         buf = self.pending + data if self.pending else data
         pos, end_all = 0, len(buf)
         while end_all - pos >= 9:
@@ -267,8 +265,8 @@ class H2Connection(asyncio.Protocol):
         try:
             headers = [(name, value) for name, value in self.decoder.decode(block)]
         except hpack.HPACKError as err:  # the table is out of step: nothing more on this connection can be read
-            self.transport.close()
             self._fail_all(ConnectionGone(f"unreadable HTTP/2 headers from the server: {err}"))
+            self.transport.close()
             return
         stream = self.streams.pop(sid, None) if end_stream else self.streams.get(sid)
         if stream is not None:

@@ -37,12 +37,12 @@ _CACHE_MAX = 20000  # distinct (prompt, sampling) request bodies kept
 #   aio          shared long-lived streams on grpc.aio, all on the event loop (grpc_aio_streams)
 #   threads      shared long-lived streams on sync gRPC, two threads a stream (grpc_streams; was "shared")
 #   per-request  one stream per request (the pattern before issue 13; cancels exactly one request)
-# The default is threads: it stamps each response's arrival on a reader thread, off the event loop,
-# so a stalled loop shows as send lag and a client-limited verdict. aio stamps on the loop, so a
-# stall hides inside the latencies (tests/test_perf_ground_truth.py's starved client is not caught),
-# though it was faster at 128 users on the H100 (0.78x perf_analyzer against 0.58x).
+# The default is h2: about half the CPU per request of aio and threads (16 cores, one process:
+# 0.22 s per 1,000 requests against aio's 0.51 and perf_analyzer's 0.32), and its arrival times are
+# the kernel's, so a stalled loop still shows as send lag (threads get that from reader threads;
+# aio stamps on the loop, where a stall hides inside the latencies).
 TRANSPORTS = ("h2", "aio", "threads", "per-request")
-DEFAULT_TRANSPORT = "threads"
+DEFAULT_TRANSPORT = "h2"
 
 
 def _bytes_tensor(value: bytes) -> bytes:
