@@ -231,7 +231,7 @@ def starved(args, workload_args: list[str], tmp: Path) -> None:
     hogs = [subprocess.Popen(["taskset", "-c", str(last), sys.executable, "-c", "while True: pass"])
             for _ in range(args.starved_hogs)]
     try:
-        for mode in args.streams.split(","):
+        for mode in dict.fromkeys(m.partition("@")[0] for m in args.streams.split(",")):  # always one worker
             t = run_tritonkit(args.url, args.starved, args.seconds, workload_args, last, "1", tmp / f"starved-{mode}", mode)
             print(f"\nstarved run ({mode}, --workers 1 pinned to CPU {last} beside {len(hogs)} busy loops, "
                   f"{args.starved} users): {t['rps']:.1f} req/s, p50 {t['p50'] * 1000:.1f} ms; "
