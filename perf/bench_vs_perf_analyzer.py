@@ -147,9 +147,9 @@ def pa_input(path: Path, rows: list[tuple[str, dict]]) -> Path:
 
 def preset_rows(repository: str, model: str, preset: str) -> list[tuple[str, dict]]:
     """The prompts and sampling tritonkit sends for this preset (its own workload, tokenizer-exact):
-    every distinct prompt it cycles through, no fewer. With fewer (this took 500 of tritonkit's
-    2,000 until 2026-11-27) perf_analyzer's prompts fit vLLM's prefix cache on an H100 and
-    tritonkit's did not: its TTFT inside vLLM was 44 ms against tritonkit's 107 at 128 users."""
+    every distinct prompt it cycles through (2,000 for a preset), no fewer: with fewer, vLLM's prefix
+    cache could favour one generator (this took the first 500 until 2026-11-27; on an H100 with all
+    2,000 the gap to perf_analyzer stayed: perf/results/generator-h100-h2-all-prompts.log)."""
     from tritonkit.perf import session
 
     plan = session.resolve(session.Options(repository=repository, model=model, preset=preset, concurrency="1"),
