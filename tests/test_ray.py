@@ -148,10 +148,15 @@ def test_own_sse_client_streams_exactly_max_tokens(server):
     assert counts == sorted(counts) and counts[-1] == 17
     assert events[-2][1]["usage"]["completion_tokens"] == 17  # the closing usage chunk
     assert [c["choices"][0]["finish_reason"] for c in chunks if c["choices"][0]["finish_reason"]] == ["length"]
-    # Streamed token by token (stream_batching_interval_ms: 0), not in one burst at the end.
+    # Streamed token by token (stream_batching_interval_ms: 0), not in one burst at the end. On a
+    # loaded machine Ray's proxy can fall behind and forward one answer's chunks together (seen
+    # once in a full suite: 17 chunks within 0.6 ms), so up to three answers get the chance.
     assert len(chunks) > 8
-    times = [t for t, _ in events]
-    assert times[-1] - times[0] > 0.01
+    spreads = [events[-1][0] - events[0][0]]
+    while spreads[-1] <= 0.01 and len(spreads) < 3:
+        again = asyncio.run(sse_completion(server["url"], body))
+        spreads.append(again[-1][0] - again[0][0])
+    assert spreads[-1] > 0.01, spreads
 
 
 def test_generate_over_openai(server, env):

@@ -42,6 +42,27 @@ class _Pending:
     observe: Callable[[Chunk], None]
 
 
+def deliver(pending: dict, resp, t: float, parse: Callable, server_error: Callable) -> None:
+    """A response to the request it belongs to (by id, from `pending`, a dict of _Pending): its
+    chunk observed, its future settled on the final response or an error."""
+    rid = resp.infer_response.id
+    p = pending.get(rid)
+    if p is None and not rid and pending and (resp.error_message or len(pending) == 1):
+        rid = next(iter(pending))  # a response without an id (some error paths): the oldest request owns it
+        p = pending[rid]
+    if p is None:
+        return  # a forgotten (timed-out) request's late response
+    if resp.error_message:
+        del pending[rid]
+        _settle(p.future, server_error(resp.error_message))
+        return
+    chunk = parse(resp, t)
+    p.observe(chunk)
+    if chunk.final:
+        del pending[rid]
+        _settle(p.future, None)
+
+
 class _Stream:
     """One open ModelStreamInfer call, its reader task and the requests waiting on it."""
 
@@ -65,24 +86,7 @@ class _Stream:
         try:
             async for raw in self.call:
                 t = time.perf_counter()  # arrival, before decoding
-                resp = _Response.FromString(raw)
-                rid = resp.infer_response.id
-                p = pending.get(rid)
-                if p is None and not rid and pending and (resp.error_message or len(pending) == 1):
-                    # A response without an id (some error paths): the oldest request owns it.
-                    rid = next(iter(pending))
-                    p = pending[rid]
-                if p is None:
-                    continue  # a forgotten (timed-out) request's late response
-                if resp.error_message:
-                    del pending[rid]
-                    _settle(p.future, pool.server_error(resp.error_message))
-                    continue
-                chunk = parse(resp, t)
-                p.observe(chunk)
-                if chunk.final:
-                    del pending[rid]
-                    _settle(p.future, None)
+                deliver(pending, _Response.FromString(raw), t, parse, pool.server_error)
             broken = RequestError("the server closed the stream before the final response", "truncated")
         except grpc.aio.AioRpcError as err:
             broken = pool.rpc_error(err)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import struct
-from dataclasses import dataclass
 from typing import Callable
 from urllib.parse import unquote
 
@@ -27,6 +26,7 @@ import grpc
 from tritonclient.grpc import service_pb2
 
 from tritonkit.client.base import Chunk, RequestError, Unreachable
+from tritonkit.client.grpc_aio_streams import _Pending, deliver
 from tritonkit.client.grpc_streams import METHOD, _id_field, _settle
 from tritonkit.client.h2_wire import ConnectionGone, H2Connection, H2Stream, header_block
 from tritonkit.client.stamped_socket import open_stamped
@@ -34,12 +34,6 @@ from tritonkit.client.stamped_socket import open_stamped
 _Response = service_pb2.ModelStreamInferResponse
 _PREFIX = struct.Struct(">BI")  # gRPC message: compressed flag, length
 _STATUS_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
-
-
-@dataclass(slots=True)
-class _Pending:
-    future: asyncio.Future
-    observe: Callable[[Chunk], None]
 
 
 def status_error(status: int, message: str, url: str) -> Exception:
@@ -84,29 +78,13 @@ class _Call(H2Stream):
             self.partial = payload[pos:]
 
     def _message(self, raw: bytes, t: float) -> None:
-        pending, pool = self.pending, self.pool
         try:
             resp = _Response.FromString(raw)
         except Exception as err:  # noqa: BLE001 - a garbled message fails the stream, never the loop
             self._fail(RequestError(f"unreadable gRPC response: {err}", "bad_response"))
             self.conn.reset(self)
             return
-        rid = resp.infer_response.id
-        p = pending.get(rid)
-        if p is None and not rid and pending and (resp.error_message or len(pending) == 1):
-            rid = next(iter(pending))  # a response without an id (some error paths): the oldest owns it
-            p = pending[rid]
-        if p is None:
-            return  # a forgotten (timed-out) request's late response
-        if resp.error_message:
-            del pending[rid]
-            _settle(p.future, pool.server_error(resp.error_message))
-            return
-        chunk = pool.parse(resp, t)
-        p.observe(chunk)
-        if chunk.final:
-            del pending[rid]
-            _settle(p.future, None)
+        deliver(self.pending, resp, t, self.pool.parse, self.pool.server_error)
 
     def on_headers(self, headers: list[tuple[str, str]], end_stream: bool) -> None:
         if not end_stream:
