@@ -1,4 +1,4 @@
-"""A minimal HTTP/2 client connection on an asyncio Protocol: what the load generator's leanest gRPC
+"""A minimal HTTP/2 client connection, driven by the event loop (stamped_socket): what the load generator's leanest gRPC
 transport (grpc_h2_streams) speaks to Triton.
 
 Only what a gRPC client needs (RFC 9113): the preface and SETTINGS, HEADERS (+CONTINUATION) and
@@ -13,7 +13,6 @@ time.perf_counter() before any parsing), and every DATA frame in it is handed to
 
 from __future__ import annotations
 
-import asyncio
 import struct
 import time
 
@@ -23,7 +22,7 @@ DATA, HEADERS, RST_STREAM, SETTINGS, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION =
 END_STREAM = ACK = 0x1
 END_HEADERS, PADDED, PRIORITY = 0x4, 0x8, 0x20
 NO_ERROR, CANCEL = 0x0, 0x8
-_HEADER_TABLE_SIZE, _ENABLE_PUSH, _INITIAL_WINDOW_SIZE, _MAX_FRAME_SIZE = 0x1, 0x2, 0x4, 0x5
+_ENABLE_PUSH, _INITIAL_WINDOW_SIZE, _MAX_FRAME_SIZE = 0x2, 0x4, 0x5
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 MAX_WINDOW = 2**31 - 1
 _DEFAULT_WINDOW = 65535
@@ -85,11 +84,11 @@ class H2Stream:
         """The stream ended without trailers: reset by the server, or the connection is gone."""
 
 
-class H2Connection(asyncio.Protocol):
+class H2Connection:
     """One TCP connection: frames in and out, flow control, and the streams open on it."""
 
     def __init__(self) -> None:
-        self.transport: asyncio.Transport | None = None
+        self.transport = None  # a stamped_socket.StampedSocket (write, close, is_closing), or a test's fake
         self.streams: dict[int, H2Stream] = {}
         self.next_sid = 1
         self.pending = b""  # the start of a frame not yet complete
