@@ -1,5 +1,5 @@
-"""A minimal HTTP/2 client connection, driven by the event loop (stamped_socket): what the load generator's leanest gRPC
-transport (grpc_h2_streams) speaks to Triton.
+"""A minimal HTTP/2 client connection, driven by the event loop through stamped_socket: what the
+load generator's leanest gRPC transport (grpc_h2_streams) speaks to Triton.
 
 Only what a gRPC client needs (RFC 9113): the preface and SETTINGS, HEADERS (+CONTINUATION) and
 DATA both ways, flow control both ways, PING answers, RST_STREAM and GOAWAY. No push (disabled),
