@@ -12,6 +12,7 @@ import pytest
 
 from tritonkit.client import h2_wire as h2
 from tritonkit.client.base import RequestError, Unreachable
+from tritonkit.client.grpc_aio_streams import _Pending
 from tritonkit.client.grpc_h2_streams import H2StreamPool, _Call
 
 
@@ -108,7 +109,7 @@ def test_error_trailers_and_resets_fail_what_waits_on_the_stream():
     try:
         for call in calls:
             future = loop.create_future()
-            call.pending["r"] = type("P", (), {"future": future, "observe": None})()
+            call.pending["r"] = _Pending(future, None)
             futures.append(future)
         trailers = encoder.encode([("grpc-status", "14"), ("grpc-message", "going%20away")])
         conn.data_received(h2.frame(h2.HEADERS, h2.END_HEADERS | h2.END_STREAM, 1, trailers))

@@ -36,9 +36,8 @@ _PREFIX = struct.Struct(">BI")  # gRPC message: compressed flag, length
 _STATUS_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
 
 
-def status_error(status: int, message: str, url: str) -> Exception:
-    """A gRPC status (from trailers) as the error the other transports raise for it."""
-    name = _STATUS_NAMES.get(status, f"STATUS_{status}")
+def status_error(name: str, message: str, url: str) -> Exception:
+    """A gRPC status by name (grpcio's StatusCode.name, or h2 trailers') as the error every transport raises."""
     if name == "UNAVAILABLE":
         return Unreachable(f"cannot reach Triton gRPC at {url}: {message}",
                            "is the server running? (`tritonkit serve`), or pass the right --url")
@@ -56,6 +55,10 @@ class _Call(H2Stream):
         self.broken: BaseException | None = None
         self.partial = b""  # a message split over DATA frames
         conn.open_stream(self, pool.headers)
+
+    @property
+    def usable(self) -> bool:
+        return self.broken is None and self.conn.usable
 
     def send(self, message: bytes) -> None:
         self.conn.send(self, _PREFIX.pack(0, len(message)) + message)
@@ -98,7 +101,7 @@ class _Call(H2Stream):
         if status == 0:
             self._fail(RequestError("the server closed the stream before the final response", "truncated"))
         else:
-            self._fail(status_error(status, message, self.pool.url))
+            self._fail(status_error(_STATUS_NAMES.get(status, f"STATUS_{status}"), message, self.pool.url))
 
     def on_end(self, error: BaseException) -> None:
         if isinstance(error, ConnectionAbortedError):  # we closed it
@@ -164,10 +167,10 @@ class H2StreamPool:
     async def _stream(self, slot: int) -> _Call:
         i = slot % self.n_streams
         s = self.streams[i]
-        if s is None or s.broken is not None or not s.conn.usable:
+        if s is None or not s.usable:
             conn = await self._connection(i % self.n_connections)
             s = self.streams[i]  # another request may have opened it meanwhile
-            if s is None or s.broken is not None or not s.conn.usable:
+            if s is None or not s.usable:
                 s = self.streams[i] = _Call(self, conn)
         return s
 
@@ -177,7 +180,7 @@ class H2StreamPool:
         if slot is None:
             slot, self.next_slot = self.next_slot, self.next_slot + 1
         stream = self.streams[slot % self.n_streams]
-        if stream is None or stream.broken is not None or not stream.conn.usable:
+        if stream is None or not stream.usable:
             stream = await self._stream(slot)
         future = asyncio.get_running_loop().create_future()
         stream.pending[request_id] = _Pending(future, observe)

@@ -36,13 +36,11 @@ class StampedSocket:
         self.fd = sock.fileno()
         self.out = bytearray()  # what the socket did not take yet
         self.closing = False
-        self.kernel_stamps = False
         if _SO_TIMESTAMPNS is not None:
             try:
                 sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
-                self.kernel_stamps = True
             except OSError:
-                pass
+                pass  # reads are then stamped on the loop
         loop.add_reader(self.fd, self._readable)
         protocol.connection_made(self)
 
@@ -63,7 +61,7 @@ class StampedSocket:
             if level == socket.SOL_SOCKET and kind == _SO_TIMESTAMPNS and len(raw) >= _TIMESPEC.size:
                 sec, nsec = _TIMESPEC.unpack_from(raw)
                 # The stamp is wall-clock time; perf_counter's clock differs from it by a fixed offset.
-                t = min(now, sec + nsec * 1e-9 - (time.time() - time.perf_counter()))
+                t = min(now, sec + nsec * 1e-9 - (time.time() - now))
         self.protocol.data_received(data, t)
 
     def write(self, data: bytes) -> None:

@@ -20,10 +20,10 @@ from typing import AsyncIterator
 import grpc
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-from tritonkit.client.base import Chunk, RequestError, StreamClient, UnknownModel, Unreachable, sampling_json
+from tritonkit.client.base import Chunk, RequestError, StreamClient, UnknownModel, sampling_json
 from tritonkit.client.grpc_streams import StreamPool
 from tritonkit.client.grpc_aio_streams import AioStreamPool
-from tritonkit.client.grpc_h2_streams import H2StreamPool
+from tritonkit.client.grpc_h2_streams import H2StreamPool, status_error
 from tritonkit.errors import ServerError, UsageError
 
 _BOOL_INPUTS = ("stream", "exclude_input_in_output", "return_num_input_tokens",
@@ -133,13 +133,7 @@ class TritonGrpcClient(StreamClient):
         return self._stub
 
     def _rpc_error(self, err: grpc.aio.AioRpcError) -> Exception:
-        code = err.code()
-        if code == grpc.StatusCode.UNAVAILABLE:
-            return Unreachable(f"cannot reach Triton gRPC at {self.url}: {err.details()}",
-                               "is the server running? (`tritonkit serve`), or pass the right --url")
-        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-            return RequestError(f"gRPC deadline exceeded at {self.url}", "timeout")
-        return RequestError(f"gRPC {code.name}: {err.details()}", f"grpc_{code.name.lower()}")
+        return status_error(err.code().name, err.details(), self.url)
 
     async def check(self, timeout_s: float = 5.0) -> None:
         stub = self._get_stub()
