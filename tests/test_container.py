@@ -223,6 +223,7 @@ def test_foreground_then_ctrl_c(engine, env, cpu_image, repository):
     finally:
         if proc.poll() is None:
             proc.kill()
+            subprocess.run([engine.client, "rm", "-f", f"tritonkit-{name}"], capture_output=True, timeout=120)  # no leak
     assert proc.returncode == 130 and "interrupted: the server was stopped" in err
     assert "Traceback" not in err
     assert containers(engine, name) == []

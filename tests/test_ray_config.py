@@ -251,7 +251,7 @@ def test_the_local_head_deploys_model_json_pinned_as_triton_resolves_it(tiny_mod
     llm = only_llm(server._write_config())
     pinning = json.loads((tmp_path / "home" / "servers" / "pins" / "pinning.json").read_text())["tiny"]
     assert pinning["residual"] == {}  # Ray's engine resolves as Triton's does
-    expected = {k: v for k, v in pinning["pinned"].items() if k != "model"}
+    expected = {k: v for k, v in pinning["pinned"].items() if k not in rc.RAY_OWNED_ARGS}
     assert llm["engine_kwargs"] == expected
-    assert model_json.items() - {"model": model_json["model"]}.items() <= expected.items()
+    assert {k: v for k, v in model_json.items() if k not in rc.RAY_OWNED_ARGS}.items() <= expected.items()
     assert llm["model_loading_config"] == {"model_id": "tiny", "model_source": model_json["model"]}

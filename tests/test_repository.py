@@ -40,8 +40,10 @@ def test_plain_build_layout_and_files(tiny_model, tritonkit_home, tmp_path):
     record = json.loads((target / "build.json").read_text())
     assert set(record) == BUILD_KEYS
     assert record["engine_args"] == args
-    unpinned = {"VLLM_CPU_OMP_THREADS_BIND": "nobind"} if os.cpu_count() <= repository.SMALL_CPU_COUNT else {}
+    small = os.cpu_count() <= repository.SMALL_CPU_COUNT
+    unpinned = {"VLLM_CPU_OMP_THREADS_BIND": "nobind", "VLLM_ENABLE_V1_MULTIPROCESSING": "0"} if small else {}
     assert record["runtime_env"] == {"VLLM_CPU_KVCACHE_SPACE": "1", **unpinned}
+    assert args.get("distributed_executor_backend") == ("uni" if small else None)  # the worker in the engine core
     assert record["model"]["random_weights"] is True and record["model"]["source"] == str(tiny_model.resolve())
     assert record["gpu"]["profile"] == "cpu" and record["gpu"]["price_per_hour"] == 0.2016
     assert record["plan"]["kv_tokens"] == 524_288 and record["lora"]["mode"] == "none"
