@@ -26,12 +26,19 @@ for that preset, written out as perf_analyzer's --input-data), nothing is pinned
 a deliberately starved tritonkit run (--workers 1 on one core) that must be flagged client-limited.
 With --metrics-url (Triton's /metrics), each run of either generator also gets vLLM's own mean e2e
 latency over it and, by Little's law, the users inside vLLM: whether time outside vLLM is the
-client's (only tritonkit's runs lose it) or the frontend's (perf_analyzer's too).
+client's (only tritonkit's runs lose it) or the frontend's (perf_analyzer's too). Where the server
+runs on this machine, each run also prints where the server's CPU went (per thread, in ms per request
+and the 90th percentile over 0.5 s intervals: perf/server_threads.py), Triton's own queue and execute
+time per request, how clumped each generator's sends and finishes are (variance / mean per 10 ms),
+and the requests it really kept in flight. Every run starts on an idle server, and odd repeats run
+tritonkit first, so a server whose capacity drifts favours neither generator.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
+import csv
 import json
 import os
 import resource
@@ -51,6 +58,7 @@ from tritonkit.runtime.spec import ServerSpec, free_port  # noqa: E402
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from bench_generator import mode_env, pin_group  # noqa: E402
+from server_probe import dispersion, in_flight, probed  # noqa: E402
 
 PROMPT = "the quick brown fox jumps over the lazy dog " * 3
 
@@ -126,9 +134,17 @@ def run_tritonkit(url: str, users: int, seconds: float, workload_args: list[str]
     if proc.returncode != 0:
         raise SystemExit(f"tritonkit perf failed: {proc.stderr[-2000:]}")
     step = json.loads(proc.stdout)["steps"][0]
+    with open(out / "requests.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r["step"] == step["label"] and r["done_s"]]
+    first = min(float(r["sent_s"]) for r in rows)
+    per_second = collections.Counter(int(float(r["done_s"]) - first) for r in rows)
+    burst = (f"sends {dispersion([float(r['sent_s']) for r in rows])}, "
+             f"finishes {dispersion([float(r['done_s']) for r in rows])}; in flight "
+             f"{in_flight([(float(r['sent_s']), float(r['done_s'])) for r in rows])}")
     from tritonkit.perf import verdict
 
-    return {"rps": step["requests_per_s"], "p50": step["latency_s"]["e2e"]["p50"], "ok": step["ok"],
+    return {"rps": step["requests_per_s"], "p50": step["latency_s"]["e2e"]["p50"], "ok": step["ok"], "burst": burst,
+            "per_second": " ".join(str(per_second[i]) for i in range(max(per_second) + 1)),
             "server_s": verdict.server_latency_s(step.get("server_metrics") or {})[0],
             "vllm": vllm_profile(step.get("server_metrics") or {}),
             "p90": step["latency_s"]["e2e"]["p90"], "cpu_s": _child_cpu() - cpu0,
@@ -177,8 +193,13 @@ def run_pa(pa: str, url: str, model: str, users: int, seconds: float, data: Path
     diff = server_metrics.diff(before, server_metrics.scrape_settled(metrics_url))  # over all its trials
     if proc.returncode != 0:
         raise SystemExit(f"perf_analyzer failed ({proc.returncode}): {proc.stdout[-1500:]} {proc.stderr[-1500:]}")
-    e2e = sorted((r["response_timestamps"][-1] - r["timestamp"]) / 1e9 for r in pa_requests(export))
+    done = pa_requests(export)
+    e2e = sorted((r["response_timestamps"][-1] - r["timestamp"]) / 1e9 for r in done)
+    burst = (f"sends {dispersion([r['timestamp'] / 1e9 for r in done])}, "
+             f"finishes {dispersion([r['response_timestamps'][-1] / 1e9 for r in done])}; in flight "
+             f"{in_flight([(r['timestamp'] / 1e9, r['response_timestamps'][-1] / 1e9) for r in done])}")
     return {"rps": pa_throughput(proc.stdout), "p50": statistics.median(e2e), "p90": e2e[int(0.9 * (len(e2e) - 1))],
+            "burst": burst,
             "ok": len(e2e), "cpu_s": _child_cpu() - cpu0, "server_s": verdict.server_latency_s(diff)[0],
             "vllm": vllm_profile(diff)}
 
@@ -198,12 +219,24 @@ def compare(args, pa: str, url: str, model: str, data: Path, workload_args: list
         tk: dict[str, list] = {m: [] for m in modes}
         pas = []
         for rep in range(args.repeat):
-            pas.append(run_pa(pa, url, model, users, args.seconds, data, pa_cpu, tmp, args.metrics_url))
-            p = pas[-1]
+            def pa_run():
+                pas.append(probed(lambda: run_pa(pa, url, model, users, args.seconds, data, pa_cpu, tmp,
+                                                 args.metrics_url), url, args.metrics_url))
+                if pas[-1]["server"]:
+                    print(f"{users:4d} users run {rep + 1}: perf_analyzer{pas[-1]['server']}", flush=True)
+                return pas[-1]
+
+            # Odd runs start with tritonkit: a server whose state drifts must not always favour one.
+            p = pa_run() if rep % 2 == 0 else None
             for mode in modes:
-                tk[mode].append(run_tritonkit(url, users, args.seconds, workload_args, tk_cpu, args.workers,
-                                              tmp / f"tk-{users}-{rep}-{mode}", mode))
+                tk[mode].append(probed(lambda: run_tritonkit(url, users, args.seconds, workload_args, tk_cpu, args.workers,
+                                                             tmp / f"tk-{users}-{rep}-{mode}", mode),
+                                       url, args.metrics_url))
                 t = tk[mode][-1]
+                if t["server"]:
+                    print(f"{users:4d} users run {rep + 1}: tritonkit ({mode}){t['server']}\n      finished per second: "
+                          f"{t['per_second']}", flush=True)
+                p = p or pa_run()
                 print(f"{users:4d} users run {rep + 1}: tritonkit ({mode}) {t['rps']:7.1f} req/s p50 "
                       f"{t['p50'] * 1000:7.2f} ms{_inside(t)} | perf_analyzer {p['rps']:7.1f} req/s p50 "
                       f"{p['p50'] * 1000:7.2f} ms{_inside(p)} | ratio {t['rps'] / p['rps']:.2f}x rps, "
