@@ -27,11 +27,14 @@ IN, OUT = 50, 8
 def openai_server(tiny_model, tmp_path_factory):
     port = free_port()
     log = tmp_path_factory.mktemp("openai") / "vllm.log"
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_OMP_THREADS_BIND": "nobind"}
+    # As tritonkit builds a small CPU machine's engine: eager, the worker inside the engine core.
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_OMP_THREADS_BIND": "nobind",
+           "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
     with open(log, "wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "vllm.entrypoints.openai.api_server",
                                  "--model", str(tiny_model), "--served-model-name", "tiny",
-                                 "--dtype", "float32", "--max-model-len", "512",
+                                 "--dtype", "float32", "--max-model-len", "512", "--enforce-eager",
+                                 "--distributed-executor-backend", "uni",
                                  "--host", "127.0.0.1", "--port", str(port)],
                                 stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
