@@ -37,6 +37,13 @@ SECRET = "hf_container_test_token_do_not_leak_9731"
 IMAGE_BUILD_TIMEOUT_S = 1800  # cold: ~900 MB of wheels installed into the image; cached: seconds
 
 
+def default_sigint() -> None:
+    """In the child, before exec: Ctrl-C's default action. A suite started in the background by a
+    non-interactive shell (`pytest ... &`) ignores SIGINT, children inherit that, and a Python that
+    starts with SIGINT ignored keeps ignoring it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _engine() -> engines.Engine:
     found, problem = engines.probe()
     if found is None:
@@ -208,7 +215,8 @@ def test_foreground_then_ctrl_c(engine, env, cpu_image, repository):
     name = f"ctr-fg-{os.getpid()}"
     proc = subprocess.Popen([*TRITONKIT, "serve", "-r", str(repository), "--runtime", "docker", "--name", name,
                              *ports(), "--timeout", "600"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env)
+                            text=True, env=env,
+                            preexec_fn=default_sigint)  # Ctrl-C must reach it however pytest was started
     try:
         deadline = time.monotonic() + 600
         for line in proc.stderr:

@@ -34,6 +34,13 @@ TRITONKIT = [sys.executable, "-m", "tritonkit"]
 PROMPT = "The battery was surprisingly good and"
 
 
+def default_sigint() -> None:
+    """In the child, before exec: Ctrl-C's default action. A suite started in the background by a
+    non-interactive shell (`pytest ... &`) ignores SIGINT, children inherit that, and a Python that
+    starts with SIGINT ignored keeps ignoring it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def run(*args, timeout=600, env=None, check=False) -> subprocess.CompletedProcess:
     proc = subprocess.run([*TRITONKIT, *args], capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, **(env or {})})
@@ -206,7 +213,8 @@ def test_second_server_in_the_foreground_then_ctrl_c(repository, server):
     """Two servers on one host (own ports, own shm prefixes), then Ctrl-C stops the second."""
     name = f"test-fg-{os.getpid()}"
     proc = subprocess.Popen([*TRITONKIT, "serve", "-r", str(repository), "--runtime", "local", "--name", name,
-                             *ports(), "--timeout", "400"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             *ports(), "--timeout", "400"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=default_sigint)  # Ctrl-C must reach it however pytest was started
     try:
         deadline = time.monotonic() + 400
         for line in proc.stderr:
