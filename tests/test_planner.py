@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from tritonkit import catalog, gpus, planner
+from tritonkit import catalog, gpus, plan_rows, planner
 from tritonkit.errors import DoesNotFitError, UsageError
 from tritonkit.planner import Choices
 
@@ -182,7 +182,7 @@ def test_a_context_longer_than_the_kv_cache_is_refused_with_the_longest_that_fit
 
 def test_rows_show_every_number(tritonkit_home):
     p = plan("llama2-7b", "a10")
-    shown = {q: (v, how) for q, v, how in planner.rows(p, catalog.resolve("llama2-7b").architecture)}
+    shown = {q: (v, how) for q, v, how in plan_rows.rows(p, catalog.resolve("llama2-7b").architecture)}
     assert shown["KV tokens"] == ("13,264", "829 blocks × 16 tokens")
     assert shown["weights per GPU"][0] == "12.55 GiB (13,476,831,232 B)"
     assert "2 × 32 layers × 32 KV heads × 128 head_dim × 2 B" in shown["KV bytes per token"][1]

@@ -56,7 +56,7 @@ def build(model, gpu, gpus_count, adapters, lora_mode, max_lora_rank, name, repo
           force, dtype, tp, max_model_len, max_num_seqs, gpu_memory_utilization, quantization, price,
           random_weights):
     """Plan and write a Triton (vLLM backend) model for MODEL: a catalog name, HF id or folder."""
-    from tritonkit import planner, repository as repo
+    from tritonkit import plan_rows, planner, repository as repo
 
     choices = planner.Choices(dtype=dtype, tp=tp, max_model_len=max_model_len, max_num_seqs=max_num_seqs,
                               gpu_memory_utilization=gpu_memory_utilization, quantization=quantization)
@@ -70,7 +70,7 @@ def build(model, gpu, gpus_count, adapters, lora_mode, max_lora_rank, name, repo
     if spec.lora_mode != "none":
         title += f" -- LoRA {spec.lora_mode}: {', '.join(a.name for a in spec.adapters)}"
     console.print(_table(title, ["quantity", "value", "how"],
-                         [list(r) for r in planner.rows(spec.plan, spec.model.architecture)]))
+                         [list(r) for r in plan_rows.rows(spec.plan, spec.model.architecture)]))
     if plan_only:
         click.echo("--plan: nothing written", err=True)
         return
