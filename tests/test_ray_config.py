@@ -178,11 +178,11 @@ def test_a_deploy_that_cannot_import_vllm_names_the_ray_to_install(monkeypatch):
     failure = ("ImportError: vLLM is installed but failed to import. ... Original error: "
                "No module named 'vllm.entrypoints.serve.engine.protocol'")
     monkeypatch.setattr(rc, "installed_versions", lambda: {"ray": "2.60.0", "vllm": "0.25.0"})
-    assert ray_runtime._deploy_hint(failure, "/tmp/x", local=True).endswith("pip install 'ray[serve]==2.58.1'")
-    assert "tmp/x" in ray_runtime._deploy_hint(failure, "/tmp/x", local=False)  # a cluster's nodes: not ours to tell
-    assert "tmp/x" in ray_runtime._deploy_hint("ValueError: max_model_len too large", "/tmp/x", local=True)
+    assert ray_runtime.deploy_hint(failure, "/tmp/x", local=True).endswith("pip install 'ray[serve]==2.58.1'")
+    assert "tmp/x" in ray_runtime.deploy_hint(failure, "/tmp/x", local=False)  # a cluster's nodes: not ours to tell
+    assert "tmp/x" in ray_runtime.deploy_hint("ValueError: max_model_len too large", "/tmp/x", local=True)
     monkeypatch.setattr(rc, "installed_versions", lambda: {"ray": "2.58.1", "vllm": "0.25.0"})
-    assert "tmp/x" in ray_runtime._deploy_hint(failure, "/tmp/x", local=True)  # already the right Ray: another cause
+    assert "tmp/x" in ray_runtime.deploy_hint(failure, "/tmp/x", local=True)  # already the right Ray: another cause
 
 
 # -- serve's Ray options, refused before anything starts ------------------------------------------

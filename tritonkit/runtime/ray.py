@@ -24,8 +24,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -34,6 +32,7 @@ from tritonkit.errors import ServerError, UsageError
 from tritonkit.runtime import ray_config
 from tritonkit.runtime.base import Progress, RuntimeOptions, Server
 from tritonkit.runtime.local import log_tail, pid_alive, relevant_log_lines, server_dir
+from tritonkit.runtime.ray_talk import auth_token, deploy_hint, request, root_cause
 from tritonkit.runtime.spec import ServerSpec, free_port, port_is_free
 
 CONFIG_FILE = "serve_config.yaml"
@@ -52,30 +51,6 @@ def config_path(name: str) -> Path:
 
 def app_name(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in name) or "tritonkit"
-
-
-def auth_token(token_file: Path | None) -> str | None:
-    """The token of the cluster we talk to: our head's file, else the user's Ray settings."""
-    for path in (token_file, os.environ.get("RAY_AUTH_TOKEN_PATH"), Path.home() / ".ray" / "auth_token"):
-        if path and Path(path).is_file():
-            return Path(path).read_text().strip()
-    return os.environ.get("RAY_AUTH_TOKEN")
-
-
-def request(method: str, url: str, token: str | None, body: dict | None = None, timeout: float = 10.0) -> tuple[int | None, str]:
-    """(HTTP status, body text); status None when nothing answers."""
-    headers = {"Content-Type": "application/json"}
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, headers=headers, method=method)
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return resp.status, resp.read().decode("utf-8", "replace")
-    except urllib.error.HTTPError as err:
-        return err.code, err.read().decode("utf-8", "replace")
-    except (urllib.error.URLError, OSError, TimeoutError) as err:
-        return None, str(err)
 
 
 def session_members(sid: int) -> list[int]:
@@ -326,8 +301,8 @@ class RayServer(Server):
             else:
                 state, message = self._app_state()
                 if state == "DEPLOY_FAILED":
-                    raise ServerError(f"Ray could not deploy {', '.join(models)}:\n{_root_cause(message)}",
-                                      _deploy_hint(message, self.temp_dir, local=self.head_pid is not None))
+                    raise ServerError(f"Ray could not deploy {', '.join(models)}:\n{root_cause(message)}",
+                                      deploy_hint(message, self.temp_dir, local=self.head_pid is not None))
                 if state == "RUNNING":
                     phase = "checking a completion"
                     if all(self._completes(m) for m in models):
@@ -416,21 +391,3 @@ class RayServer(Server):
         found = [relevant_log_lines(p, lines) for p in files]
         found = [text for text in found if text and text != "(no log)"]
         return "\n".join(found[-2:]) if found else log_tail(self.log_file, lines)
-
-
-def _deploy_hint(message: str, temp_dir: str | None, local: bool) -> str:
-    """What to do about a failed deploy; where our local head's ray.serve.llm cannot import this
-    machine's vLLM, the Ray to install (a cluster's nodes have versions of their own)."""
-    if local and ("vLLM is installed but failed to import" in message or "No module named 'vllm." in message):
-        versions = ray_config.installed_versions()
-        wanted = ray_config.ray_for_vllm(versions.get("vllm"))
-        if wanted and wanted != versions.get("ray"):
-            return (f"Ray {versions.get('ray')}'s ray.serve.llm does not work with vLLM {versions.get('vllm')}: "
-                    f"pip install 'ray[serve]=={wanted}'")
-    return f"see {temp_dir or 'the cluster'}'s logs, fix the build and serve again"
-
-
-def _root_cause(message: str, lines: int = 12) -> str:
-    """Serve's failure messages end with the traceback; its last lines name the cause."""
-    kept = [line for line in message.splitlines() if line.strip()]
-    return "\n".join(kept[-lines:])
