@@ -28,7 +28,7 @@ With --metrics-url (Triton's /metrics), each run of either generator also gets v
 latency over it and, by Little's law, the users inside vLLM: whether time outside vLLM is the
 client's (only tritonkit's runs lose it) or the frontend's (perf_analyzer's too). Where the server
 runs on this machine, each run also prints where the server's CPU went (per thread, in ms per request
-and the 90th percentile over 0.5 s intervals: perf/server_threads.py), Triton's own queue and execute
+and the 90th percentile over 0.5 s intervals: perf/server_probe.py), Triton's own queue and execute
 time per request, how clumped each generator's sends and finishes are (variance / mean per 10 ms),
 and the requests it really kept in flight. Every run starts on an idle server, and odd repeats run
 tritonkit first, so a server whose capacity drifts favours neither generator.
@@ -58,7 +58,7 @@ from tritonkit.runtime.spec import ServerSpec, free_port  # noqa: E402
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from bench_generator import mode_env, pin_group  # noqa: E402
-from server_probe import dispersion, in_flight, probed  # noqa: E402
+from server_probe import load_shape, probed  # noqa: E402
 
 PROMPT = "the quick brown fox jumps over the lazy dog " * 3
 
@@ -138,9 +138,7 @@ def run_tritonkit(url: str, users: int, seconds: float, workload_args: list[str]
         rows = [r for r in csv.DictReader(f) if r["step"] == step["label"] and r["done_s"]]
     first = min(float(r["sent_s"]) for r in rows)
     per_second = collections.Counter(int(float(r["done_s"]) - first) for r in rows)
-    burst = (f"sends {dispersion([float(r['sent_s']) for r in rows])}, "
-             f"finishes {dispersion([float(r['done_s']) for r in rows])}; in flight "
-             f"{in_flight([(float(r['sent_s']), float(r['done_s'])) for r in rows])}")
+    burst = load_shape([(float(r["sent_s"]), float(r["done_s"])) for r in rows])
     from tritonkit.perf import verdict
 
     return {"rps": step["requests_per_s"], "p50": step["latency_s"]["e2e"]["p50"], "ok": step["ok"], "burst": burst,
@@ -195,9 +193,7 @@ def run_pa(pa: str, url: str, model: str, users: int, seconds: float, data: Path
         raise SystemExit(f"perf_analyzer failed ({proc.returncode}): {proc.stdout[-1500:]} {proc.stderr[-1500:]}")
     done = pa_requests(export)
     e2e = sorted((r["response_timestamps"][-1] - r["timestamp"]) / 1e9 for r in done)
-    burst = (f"sends {dispersion([r['timestamp'] / 1e9 for r in done])}, "
-             f"finishes {dispersion([r['response_timestamps'][-1] / 1e9 for r in done])}; in flight "
-             f"{in_flight([(r['timestamp'] / 1e9, r['response_timestamps'][-1] / 1e9) for r in done])}")
+    burst = load_shape([(r["timestamp"] / 1e9, r["response_timestamps"][-1] / 1e9) for r in done])
     return {"rps": pa_throughput(proc.stdout), "p50": statistics.median(e2e), "p90": e2e[int(0.9 * (len(e2e) - 1))],
             "burst": burst,
             "ok": len(e2e), "cpu_s": _child_cpu() - cpu0, "server_s": verdict.server_latency_s(diff)[0],

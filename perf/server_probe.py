@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import os
 import statistics
+import threading
 import time
 from pathlib import Path
+
+from soak import server_pids  # the server's group and every descendant of it
 
 TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 
@@ -39,27 +42,12 @@ def server_pid(grpc_port: int) -> int | None:
     return None
 
 
-def tree(root: int) -> list[int]:
-    """root and all its descendants."""
-    children: dict[int, list[int]] = {}
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        stat = _read(f"/proc/{pid}/stat")
-        if stat:
-            children.setdefault(int(_stat_fields(stat)[1]), []).append(int(pid))
-    out, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        out.append(pid)
-        todo.extend(children.get(pid, []))
-    return out
-
-
 def snapshot(root: int | None) -> dict[tuple[int, int], tuple[str, float]]:
     """(pid, tid) -> ("process/thread" names, CPU seconds so far) for every thread under root."""
     if root is None:
         return {}
     seen = {}
-    for pid in tree(root):
+    for pid in sorted(server_pids(root)):
         proc = (_read(f"/proc/{pid}/comm") or "?").strip()
         for tid in os.listdir(f"/proc/{pid}/task") if os.path.isdir(f"/proc/{pid}/task") else []:
             stat = _read(f"/proc/{pid}/task/{tid}/stat")
@@ -82,8 +70,6 @@ class Sampler:
     over a whole run hides a bottleneck that is saturated only while the load is on."""
 
     def __init__(self, root: int | None, interval_s: float = 0.5):
-        import threading
-
         self.root, self.interval_s, self.samples = root, interval_s, []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -176,3 +162,10 @@ def in_flight(spans: list[tuple[float, float]]) -> str:
     start, end = min(s for s, _ in spans), max(e for _, e in spans)
     points = [start + (end - start) * (0.2 + 0.6 * i / 199) for i in range(200)]
     return f"{statistics.fmean(sum(1 for s, e in spans if s <= t < e) for t in points):.1f}"
+
+
+def load_shape(spans: list[tuple[float, float]]) -> str:
+    """A run's (sent, finished) times as: how clumped the sends and finishes are, and the requests
+    it kept in flight."""
+    return (f"sends {dispersion([s for s, _ in spans])}, finishes {dispersion([e for _, e in spans])}; "
+            f"in flight {in_flight(spans)}")

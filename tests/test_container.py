@@ -28,6 +28,7 @@ from tritonkit.runtime import engine as engines
 from tritonkit.runtime import image as images
 from tritonkit.runtime.spec import free_port
 from tritonkit.tinymodel import build_tiny_llama, build_tiny_lora
+from test_serve import default_sigint  # Ctrl-C's default action in the served child
 
 pytestmark = pytest.mark.slow
 
@@ -35,13 +36,6 @@ TRITONKIT = [sys.executable, "-m", "tritonkit"]
 PROMPT = "The battery was surprisingly good and"
 SECRET = "hf_container_test_token_do_not_leak_9731"
 IMAGE_BUILD_TIMEOUT_S = 1800  # cold: ~900 MB of wheels installed into the image; cached: seconds
-
-
-def default_sigint() -> None:
-    """In the child, before exec: Ctrl-C's default action. A suite started in the background by a
-    non-interactive shell (`pytest ... &`) ignores SIGINT, children inherit that, and a Python that
-    starts with SIGINT ignored keeps ignoring it."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _engine() -> engines.Engine:
