@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 import tracemalloc
 import types
 from pathlib import Path
@@ -119,3 +120,57 @@ def test_sending_to_a_dead_engine_keeps_nothing_per_request(model):
         tracemalloc.stop()
     assert messages and all("connection to the vLLM engine" in m for m in messages), messages
     assert grown < 100 * 1024, f"{grown / 1800:.0f} bytes kept per failed send"
+
+
+class RecordingSender:
+    """A response sender whose send() and is_cancelled() take a while, like the round trip to Triton."""
+
+    def __init__(self, cancel_after=None, fail_on=None):
+        self.sent, self.asked, self.cancel_after, self.fail_on = [], 0, cancel_after, fail_on
+
+    def send(self, response, flags=0):
+        time.sleep(0.001)
+        if response == self.fail_on:
+            raise RuntimeError("the client is gone")
+        self.sent.append((response, flags))
+
+    def is_cancelled(self):
+        self.asked += 1
+        return self.cancel_after is not None and len(self.sent) >= self.cancel_after
+
+
+@pytest.fixture
+def response_thread(model):
+    return importlib.import_module("response_thread")
+
+
+def test_responses_go_out_in_order_and_the_final_last(response_thread):
+    errors = []
+    thread = response_thread.ResponseThread(final_flag=1, log_error=errors.append)
+    senders = [RecordingSender() for _ in range(3)]
+    states = [response_thread.RequestState(s) for s in senders]
+    for chunk in range(5):
+        for i, state in enumerate(states):
+            thread.send(state, f"r{i}-c{chunk}", final=chunk == 4)
+    assert all(state.final_queued for state in states)
+    thread.stop()
+    for i, sender in enumerate(senders):
+        assert sender.sent == [(f"r{i}-c{c}", 1 if c == 4 else 0) for c in range(5)]
+        assert sender.asked == 0  # a request shorter than CANCEL_CHECK_S costs no extra round trip
+    assert errors == [] and not thread.thread.is_alive()
+
+
+def test_a_long_request_learns_of_its_cancel_and_a_failed_send_stops_nothing(response_thread, monkeypatch):
+    monkeypatch.setattr(response_thread, "CANCEL_CHECK_S", 0.0)
+    errors = []
+    thread = response_thread.ResponseThread(final_flag=1, log_error=errors.append)
+    long_one = response_thread.RequestState(RecordingSender(cancel_after=2))
+    gone = response_thread.RequestState(RecordingSender(fail_on="bad"))
+    for response in ("a", "b", "c"):
+        thread.send(long_one, response, final=False)
+    thread.send(gone, "bad", final=False)
+    thread.send(gone, "after", final=True)
+    thread.stop()
+    assert long_one.cancelled and long_one.sender.asked == 3
+    assert gone.sender.sent == [("after", 1)]
+    assert len(errors) == 1 and "the client is gone" in errors[0]

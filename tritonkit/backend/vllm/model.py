@@ -24,6 +24,7 @@ standard library, numpy and triton_python_backend_utils:
   engine_process  the engine's and the reloader's processes, the engine's log
   restart_ledger  the restart budget, kept across the stubs of one server
   engine_metrics  the vLLM metrics families
+  response_thread responses sent to Triton off the event loop, and cancellation asked there
 """
 
 import asyncio
@@ -40,8 +41,10 @@ import uuid
 import triton_python_backend_utils as pb_utils
 from engine_metrics import EngineMetrics
 from engine_process import EngineLog, describe_exit, engine_command, engine_env, kill_group, spawn_reloader
-from request_io import (UNHEALTHY_ERROR, RequestError, build_response, check_lora, complete_config, read_options,
+from request_io import (UNHEALTHY_ERROR, RequestError, build_response, check_lora, complete_config, error_response,
+                        read_options,
                         read_prompt, read_sampling, refuse, respond_error, triton_error)
+from response_thread import RequestState, ResponseThread
 from restart_ledger import MAX_RESTARTS, RESTART_WINDOW_S, RestartLedger, over_budget
 
 ENGINE_START_TIMEOUT_S = float(os.environ.get("TRITONKIT_ENGINE_START_TIMEOUT", "1800"))
@@ -49,6 +52,7 @@ HEALTH_TIMEOUT_S = 10.0
 WATCH_S = 0.1
 # Generous: the engine's event loop also tokenizes, and a loaded 2-core machine stalled it 5 s.
 HANG_TIMEOUT_S = float(os.environ.get("TRITONKIT_ENGINE_HANG_TIMEOUT_S", "30"))
+# A request silent this long (queued in vLLM, or not streamed) is asked whether it was cancelled.
 CANCEL_POLL_S = 0.1
 LINE_LIMIT = 64 * 1024 * 1024
 
@@ -95,6 +99,7 @@ class TritonPythonModel:
         self.loop = asyncio.new_event_loop()
         self.loop_thread = threading.Thread(target=self.loop.run_forever, name="tk-engine-io", daemon=True)
         self.loop_thread.start()
+        self.responses = ResponseThread(pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL, self.logger.log_error)
         self.pending = {}
         self.metrics = None
         self.down = None  # why requests are refused now (the engine is dead or restarting)
@@ -103,6 +108,7 @@ class TritonPythonModel:
             hello = self._call(self._launch(), timeout=ENGINE_START_TIMEOUT_S + 5)
         except BaseException:  # a failed load is never finalized: clean up here
             self.ledger.forget()
+            self.responses.stop()
             shutil.rmtree(self.workdir, ignore_errors=True)
             raise
         if self.report_metrics:
@@ -315,7 +321,7 @@ class TritonPythonModel:
         return self.healthy
 
     async def _generate(self, request, sampling):
-        sender = request.get_response_sender()
+        state = RequestState(request.get_response_sender())
         request_id = None
         try:
             options = read_options(request)
@@ -325,35 +331,40 @@ class TritonPythonModel:
             self._count_running()
             await self._send({"op": "generate", "id": request_id, "prompt": prompt, "stream": options["stream"],
                               "sampling": sampling, "lora_name": sampling.pop("lora_name", None)})
-            await self._relay(request_id, queue, sender, prompt, options)
+            await self._relay(request_id, queue, state, prompt, options)
         except Exception as err:  # every failure reaches the client as an error response
             self.logger.log_warn(f"[vllm] request {request_id}: Error generating stream: {err}")
-            try:
-                respond_error(sender, f"Error generating stream: {err}")
-            except Exception as send_err:  # the final response had already gone out
-                self.logger.log_warn(f"request {request_id}: could not report the error: {send_err}")
+            if state.final_queued:
+                self.logger.log_warn(f"request {request_id}: could not report the error: its final response had gone out")
+            else:
+                self.responses.send(state, error_response(f"Error generating stream: {err}"), final=True)
         finally:
             if request_id is not None and self.pending.pop(request_id, None) is not None:
                 self._count_running()
 
-    async def _relay(self, request_id, queue, sender, prompt, options):
+    async def _relay(self, request_id, queue, state, prompt, options):
         first = True
         while True:
-            if sender.is_cancelled():
+            if state.cancelled:
                 self.logger.log_info(f"request {request_id} was cancelled by the client")
                 await self._send({"op": "abort", "id": request_id})
-                sender.send(pb_utils.InferenceResponse(error=triton_error("Request was cancelled", "CANCELLED")),
-                            flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+                self.responses.send(state, pb_utils.InferenceResponse(
+                    error=triton_error("Request was cancelled", "CANCELLED")), final=True)
                 return
-            try:
-                msg = await asyncio.wait_for(queue.get(), CANCEL_POLL_S)
-            except asyncio.TimeoutError:
-                continue
+            if queue.empty():
+                try:
+                    msg = await asyncio.wait_for(queue.get(), CANCEL_POLL_S)
+                except asyncio.TimeoutError:
+                    # Asked off the loop: it is a round trip to the server (response_thread.py).
+                    state.cancelled = await self.loop.run_in_executor(None, state.sender.is_cancelled)
+                    continue
+            else:
+                msg = queue.get_nowait()
             if msg.get("error"):
                 raise RuntimeError(msg["error"])
             response = build_response(msg, options, prompt if first and options["prepend_input"] else "")
             first = False
-            sender.send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL if msg["done"] else 0)
+            self.responses.send(state, response, final=msg["done"])
             if msg["done"]:
                 return
 
@@ -373,6 +384,7 @@ class TritonPythonModel:
         except Exception:
             pass
         self.loop.call_soon_threadsafe(self.loop.stop)
+        self.responses.stop()  # what was queued goes out first
         if self.engine.poll() is None:
             kill_group(self.engine, signal.SIGTERM)  # the engine shuts vLLM down; its group goes with it
         shutil.rmtree(self.workdir, ignore_errors=True)

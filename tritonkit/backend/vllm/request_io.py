@@ -94,10 +94,13 @@ def read_prompt(request):
     return prompt.decode("utf-8") if isinstance(prompt, bytes) else str(prompt)
 
 
-def respond_error(sender, message):
+def error_response(message):
     text = pb_utils.Tensor("text_output", np.array([message.encode("utf-8")], dtype=np.object_))
-    sender.send(pb_utils.InferenceResponse(output_tensors=[text], error=triton_error(message)),
-                flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+    return pb_utils.InferenceResponse(output_tensors=[text], error=triton_error(message))
+
+
+def respond_error(sender, message):
+    sender.send(error_response(message), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
 
 
 def refuse(requests, message):
