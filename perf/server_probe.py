@@ -7,14 +7,18 @@
   from either generator should show the same threads.
 - Triton's own queue and execute time per request (nv_inference_* metrics).
 - The shape of the load: how clumped the sends and finishes are, and the requests kept in flight.
+- How vLLM batched it: engine steps per second and tokens per step (vllm:iteration_tokens_total),
+  and the share of steps over 512 tokens, which run without a CUDA graph at vLLM's defaults.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import statistics
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 from soak import server_pids  # the server's group and every descendant of it
@@ -100,6 +104,35 @@ class Sampler:
         return ", ".join(f"{name} {pct:.0f}%" for pct, name in p90[:n])
 
 
+def step_buckets(metrics_url: str | None) -> dict[str, float]:
+    """vllm:iteration_tokens_total's cumulative buckets (le -> steps) and its _sum, summed over models."""
+    if not metrics_url:
+        return {}
+    try:
+        text = urllib.request.urlopen(metrics_url, timeout=5).read().decode()
+    except OSError:
+        return {}
+    got: dict[str, float] = {}
+    for line in text.splitlines():
+        m = re.match(r'vllm:iteration_tokens_total_(bucket|sum)\{([^}]*)\} (\S+)$', line)
+        if m:
+            le = re.search(r'le="([^"]+)"', m.group(2))
+            key = le.group(1) if m.group(1) == "bucket" and le else "sum"
+            got[key] = got.get(key, 0.0) + float(m.group(3))
+    return got
+
+
+def steps(before: dict[str, float], after: dict[str, float], seconds: float) -> str:
+    """Engine steps over a run: per second, mean tokens, and the share over 512 tokens."""
+    count = after.get("+Inf", 0.0) - before.get("+Inf", 0.0)
+    if count <= 0:
+        return "-"
+    small = after.get("512", 0.0) - before.get("512", 0.0)
+    tokens = after.get("sum", 0.0) - before.get("sum", 0.0)
+    return (f"{count / seconds:.0f}/s, {tokens / count:.0f} tokens each, "
+            f"{100 * (count - small) / count:.0f}% over 512 tokens")
+
+
 def settle(metrics_url: str | None, timeout_s: float = 30.0) -> float:
     """Wait until the server holds no request (vLLM's running gauge at 0), so that no run starts
     with its predecessor's tail; seconds waited."""
@@ -123,6 +156,7 @@ def probed(run, url: str, metrics_url: str | None):
     waited = settle(metrics_url)
     pid = server_pid(int(url.rsplit(":", 1)[1]))
     before, m0, t0 = snapshot(pid), server_metrics.scrape(metrics_url), time.perf_counter()
+    steps0 = step_buckets(metrics_url)
     with Sampler(pid) as sampler:
         result = run()
     seconds = time.perf_counter() - t0
@@ -130,6 +164,7 @@ def probed(run, url: str, metrics_url: str | None):
         return {**result, "server": ""}
     after = snapshot(pid)
     delta = server_metrics.diff(m0, server_metrics.scrape_settled(metrics_url))["delta"]
+    engine_steps = steps(steps0, step_buckets(metrics_url), seconds)
     total = lambda family: sum(v for k, v in delta.items() if k.split("{", 1)[0] == family)  # noqa: E731
     done = total("nv_inference_request_success") or 1
     return {**result, "server": (
@@ -138,7 +173,8 @@ def probed(run, url: str, metrics_url: str | None):
         f"{done / (total('nv_inference_exec_count') or 1):.2f} req/execute; "
         f"\n      {busiest(before, after, seconds, done)}"
         f"\n      p90 over 0.5 s intervals: {sampler.peaks()}\n      sends and finishes per 10 ms, variance/mean: "
-        f"{result.get('burst', '-')}; waited {waited:.1f} s for an idle server before it")}
+        f"{result.get('burst', '-')}; waited {waited:.1f} s for an idle server before it"
+        f"\n      vLLM engine steps: {engine_steps}")}
 
 
 def dispersion(times_s: list[float], bin_s: float = 0.01) -> str:

@@ -346,6 +346,9 @@ def test_vllm_metrics_with_model_and_version_labels(server, plain):
     assert grew("vllm:time_per_output_token_seconds_count") == 5 * len(prompts)
     assert grew("vllm:time_to_first_token_seconds_sum") > 0
     assert after['vllm:e2e_request_latency_seconds_bucket{model="tiny",version="1",le="60"}'] >= len(prompts)
+    # every token ran in some engine step: one request at a time, so a prefill step and 5 decode steps each
+    assert grew("vllm:iteration_tokens_total_sum") == prompt_tokens + 6 * len(prompts)
+    assert grew("vllm:iteration_tokens_total_count") == 6 * len(prompts)
     # plain asks for metrics in config.pbtxt but disables vLLM's stats in model.json: none, as officially
     assert not [name for name in after if 'model="plain"' in name]
 

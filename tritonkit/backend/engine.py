@@ -86,6 +86,8 @@ def _stat_logger_factory(engine):
             done = iteration_stats.finished_requests
             engine.emit({"op": "stats", "prompt_tokens": iteration_stats.num_prompt_tokens,
                          "generation_tokens": iteration_stats.num_generation_tokens,
+                         # one engine step: how many tokens it ran (prefill and decode together)
+                         "step_tokens": iteration_stats.num_prompt_tokens + iteration_stats.num_generation_tokens,
                          "ttft": list(iteration_stats.time_to_first_tokens_iter),
                          "itl": list(iteration_stats.inter_token_latencies_iter),
                          "e2e": [r.e2e_latency for r in done],

@@ -10,6 +10,8 @@ TTFT_BUCKETS = [0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75
 TPOT_BUCKETS = [0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5]
 E2E_BUCKETS = [1.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0]
 N_BUCKETS = [1, 2, 5, 10, 20]
+# Tokens per engine step. 512: vLLM's default largest CUDA graph; a bigger mixed step runs without one.
+STEP_BUCKETS = [1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384]
 
 
 def buckets_1_2_5(limit):
@@ -47,6 +49,9 @@ class EngineMetrics:
             "req_generation": ("vllm:request_generation_tokens", "Number of generation tokens processed.",
                                histogram, token_buckets),
             "n": ("vllm:request_params_n", "Histogram of the n request parameter.", histogram, N_BUCKETS),
+            # As vLLM's own server (the official backend has none): how the engine batched its work.
+            "step_tokens": ("vllm:iteration_tokens_total", "Histogram of number of tokens per engine_step.",
+                            histogram, STEP_BUCKETS),
             # tritonkit's own (the official backend has no such gauge): requests in flight.
             "running": ("vllm:num_requests_running", "Number of requests in the engine.",
                         pb_utils.MetricFamily.GAUGE, None),
@@ -73,6 +78,8 @@ class EngineMetrics:
         for key in ("prompt_tokens", "generation_tokens"):
             if stats[key]:
                 m[key].increment(stats[key])
+        if stats.get("step_tokens"):  # steps that ran no token (an abort, say) are not counted
+            m["step_tokens"].observe(stats["step_tokens"])
         for key in ("ttft", "itl", "e2e", "req_prompt", "req_generation", "n"):
             for value in stats[key]:
                 m[key].observe(value)
