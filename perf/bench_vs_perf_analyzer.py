@@ -115,9 +115,12 @@ def vllm_profile(diff: dict) -> str:
         return ""
     queue, ttft = mean("vllm:request_queue_time_seconds"), mean("vllm:time_to_first_token_seconds")
     ms = lambda v: "-" if v is None else f"{v * 1000:.0f}"  # noqa: E731
+    # A prefix-cache hit skips that part of the prefill: a generator whose prompts hit more gets a faster server.
+    queried = total("vllm:prefix_cache_queries_total")
+    hits = f", prefix cache hits {100 * total('vllm:prefix_cache_hits_total') / queried:.0f}% of prompt tokens" if queried else ""
     return (f" [vLLM: {done:.0f} req, {total('vllm:prompt_tokens_total') / done:.1f} in / "
             f"{total('vllm:generation_tokens_total') / done:.1f} out per req, TTFT {ms(ttft)} ms"
-            + ("" if queue is None else f", queue {ms(queue)} ms") + "]")
+            + ("" if queue is None else f", queue {ms(queue)} ms") + hits + "]")
 
 
 def run_tritonkit(url: str, users: int, seconds: float, workload_args: list[str], cpu: int | None,

@@ -3,6 +3,7 @@
 # vLLM backend, built by perf/device_run.sh p2), loaded in turn by both generators, closed loop,
 # classification preset (same prompts and sampling for both), 128 and 256 users; then a starved
 # tritonkit run (--workers 1 pinned to one core, 512 users) that must be flagged client-limited.
+# vLLM's prefix cache is off unless PREFIX_CACHE=1 (below: why).
 # Prints one table (perf/bench_vs_perf_analyzer.py --url mode) with tritonkit's gRPC transports side by side
 # (MODES, each TRANSPORT[/STREAMS[/CHANNELS]] per worker):
 #   aio       grpc.aio, one event loop, no threads of ours; 64 streams a worker (a stream per user)
@@ -58,6 +59,17 @@ CUDART=$(ls "$TRITONKIT_HOME"/runtime/triton-*/lib/libcudart*.so.12* 2>/dev/null
 export PA_LIB=$LIBS
 LD_LIBRARY_PATH=$LIBS "$PA" --version 2>&1 | head -2 || { echo "perf_analyzer does not start"; exit 3; }
 [ -f "$WORK/repo/$MODEL/build.json" ] || { echo "no build at $WORK/repo/$MODEL: run device_run.sh p1 and p2 first"; exit 4; }
+# vLLM's prefix cache off (PREFIX_CACHE=1 keeps it): perf_analyzer's --input-data order hits it far more than
+# tritonkit's 2,000 distinct prompts in turn (hits per run are printed), and a hit skips that prefill: with it on,
+# the H100 gave perf_analyzer's load a faster server, not a faster generator (perf/results/generator-h100-prefix-cache.log).
+"$PY" - "$WORK/repo/$MODEL/1/model.json" "${PREFIX_CACHE:-0}" <<'EOF'
+import json, sys
+path, keep = sys.argv[1], sys.argv[2] == "1"
+engine = json.load(open(path))
+engine.pop("enable_prefix_caching", None) if keep else engine.update(enable_prefix_caching=False)
+json.dump(engine, open(path, "w"))
+print("vLLM prefix cache:", "on (vLLM's default)" if keep else "off")
+EOF
 PORTS=$("$PY" -c "from tritonkit.runtime.spec import free_port; print(free_port(), free_port(), free_port())")
 set -- $PORTS
 "$PY" -m tritonkit stop --all >/dev/null 2>&1

@@ -5,7 +5,9 @@
   and backend threads, the Python backend stub and its loop thread, the vLLM engine process and
   its engine core). A thread near 100 % of one core is the server's bottleneck, and the same load
   from either generator should show the same threads.
-- Triton's own queue and execute time per request (nv_inference_* metrics).
+- Triton's own queue and execute time per request (nv_inference_* metrics), and the requests inside
+  the vLLM backend (tritonkit's vllm:num_requests_running, sampled): users a generator keeps in flight
+  but not there are in Triton's frontend or the generator itself.
 - The shape of the load: how clumped the sends and finishes are, and the requests kept in flight.
 - How vLLM batched it: engine steps per second and tokens per step (vllm:iteration_tokens_total),
   and the share of steps over 512 tokens, which run without a CUDA graph at vLLM's defaults.
@@ -73,15 +75,28 @@ class Sampler:
     """Snapshots every interval_s on a thread of its own, while a run lasts: a thread's average
     over a whole run hides a bottleneck that is saturated only while the load is on."""
 
-    def __init__(self, root: int | None, interval_s: float = 0.5):
+    def __init__(self, root: int | None, interval_s: float = 0.5, metrics_url: str | None = None):
         self.root, self.interval_s, self.samples = root, interval_s, []
+        self.metrics_url, self.in_backend = metrics_url, []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         while not self._stop.is_set():
             self.samples.append((time.perf_counter(), snapshot(self.root)))
+            if self.metrics_url:
+                from tritonkit.perf import server_metrics
+
+                m = server_metrics.scrape(self.metrics_url) or {}
+                self.in_backend.append(sum(v for k, v in m.items() if k.startswith("vllm:num_requests_running")))
             self._stop.wait(self.interval_s)
+
+    def backend_load(self) -> str:
+        """Requests inside the backend while the load was on: the middle 60 % of the samples."""
+        n = len(self.in_backend)
+        mid = self.in_backend[int(0.2 * n):int(0.8 * n)]
+        return f"{statistics.fmean(mid):.0f} (p10-p90 {sorted(mid)[len(mid) // 10]:.0f}-{sorted(mid)[9 * len(mid) // 10]:.0f})" \
+            if len(mid) >= 3 else "-"
 
     def __enter__(self) -> "Sampler":
         self._thread.start()
@@ -157,7 +172,7 @@ def probed(run, url: str, metrics_url: str | None):
     pid = server_pid(int(url.rsplit(":", 1)[1]))
     before, m0, t0 = snapshot(pid), server_metrics.scrape(metrics_url), time.perf_counter()
     steps0 = step_buckets(metrics_url)
-    with Sampler(pid) as sampler:
+    with Sampler(pid, metrics_url=metrics_url) as sampler:
         result = run()
     seconds = time.perf_counter() - t0
     if pid is None or m0 is None:
@@ -170,7 +185,9 @@ def probed(run, url: str, metrics_url: str | None):
     return {**result, "server": (
         f"\n      server: {done:.0f} req, Triton queue {total('nv_inference_queue_duration_us') / done / 1000:.2f} ms/req, "
         f"execute {total('nv_inference_compute_infer_duration_us') / done / 1000:.2f} ms/req, "
-        f"{done / (total('nv_inference_exec_count') or 1):.2f} req/execute; "
+        f"{done / (total('nv_inference_exec_count') or 1):.2f} req/execute, "
+        f"request duration {total('nv_inference_request_duration_us') / done / 1000:.1f} ms/req; "
+        f"requests inside the vLLM backend {sampler.backend_load()}; "
         f"\n      {busiest(before, after, seconds, done)}"
         f"\n      p90 over 0.5 s intervals: {sampler.peaks()}\n      sends and finishes per 10 ms, variance/mean: "
         f"{result.get('burst', '-')}; waited {waited:.1f} s for an idle server before it"

@@ -349,6 +349,9 @@ def test_vllm_metrics_with_model_and_version_labels(server, plain):
     # every token ran in some engine step: one request at a time, so a prefill step and 5 decode steps each
     assert grew("vllm:iteration_tokens_total_sum") == prompt_tokens + 6 * len(prompts)
     assert grew("vllm:iteration_tokens_total_count") == 6 * len(prompts)
+    # each prompt was looked up in the prefix cache once (what a hit covers depends on earlier tests)
+    assert grew("vllm:prefix_cache_queries_total") == prompt_tokens
+    assert 0 <= grew("vllm:prefix_cache_hits_total") <= prompt_tokens
     # plain asks for metrics in config.pbtxt but disables vLLM's stats in model.json: none, as officially
     assert not [name for name in after if 'model="plain"' in name]
 

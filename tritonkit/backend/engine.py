@@ -84,6 +84,7 @@ def _stat_logger_factory(engine):
             if iteration_stats is None:
                 return
             done = iteration_stats.finished_requests
+            cache = getattr(scheduler_stats, "prefix_cache_stats", None)
             engine.emit({"op": "stats", "prompt_tokens": iteration_stats.num_prompt_tokens,
                          "generation_tokens": iteration_stats.num_generation_tokens,
                          # one engine step: how many tokens it ran (prefill and decode together)
@@ -94,6 +95,8 @@ def _stat_logger_factory(engine):
                          "req_prompt": [r.num_prompt_tokens for r in done],
                          "req_generation": [r.num_generation_tokens for r in done],
                          "n": list(iteration_stats.n_params_iter),
+                         # prompt tokens looked up in / found in vLLM's prefix cache
+                         "cache_queries": cache.queries if cache else 0, "cache_hits": cache.hits if cache else 0,
                          "finished_ids": [r.request_id or "" for r in done]})
 
         def log_engine_initialized(self):

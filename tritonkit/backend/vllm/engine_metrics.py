@@ -39,6 +39,11 @@ class EngineMetrics:
         specs = {  # key: (name, description, kind, buckets)
             "prompt_tokens": ("vllm:prompt_tokens_total", "Number of prefill tokens processed.", counter, None),
             "generation_tokens": ("vllm:generation_tokens_total", "Number of generation tokens processed.", counter, None),
+            # As vLLM's own server (the official backend has none): a cache hit skips that prefill.
+            "cache_queries": ("vllm:prefix_cache_queries_total",
+                              "Prefix cache queries, in terms of number of queried tokens.", counter, None),
+            "cache_hits": ("vllm:prefix_cache_hits_total", "Prefix cache hits, in terms of number of cached tokens.",
+                           counter, None),
             "ttft": ("vllm:time_to_first_token_seconds", "Histogram of time to first token in seconds.",
                      histogram, TTFT_BUCKETS),
             "itl": ("vllm:time_per_output_token_seconds", "Histogram of time per output token in seconds.",
@@ -75,8 +80,8 @@ class EngineMetrics:
     def observe(self, stats):
         """One message of the engine's stats (tritonkit.backend.engine's StatLogger)."""
         m = self.metrics
-        for key in ("prompt_tokens", "generation_tokens"):
-            if stats[key]:
+        for key in ("prompt_tokens", "generation_tokens", "cache_queries", "cache_hits"):
+            if stats.get(key):
                 m[key].increment(stats[key])
         if stats.get("step_tokens"):  # steps that ran no token (an abort, say) are not counted
             m["step_tokens"].observe(stats["step_tokens"])
