@@ -267,7 +267,12 @@ def starved(args, workload_args: list[str], tmp: Path) -> None:
             for _ in range(args.starved_hogs)]
     try:
         for mode in dict.fromkeys(m.partition("@")[0] for m in args.streams.split(",")):  # always one worker
-            t = run_tritonkit(args.url, args.starved, args.seconds, workload_args, last, "1", tmp / f"starved-{mode}", mode)
+            try:
+                t = run_tritonkit(args.url, args.starved, args.seconds, workload_args, last, "1", tmp / f"starved-{mode}", mode)
+            except subprocess.TimeoutExpired as err:  # starved so hard it never finished: say so, run the next
+                print(f"\nstarved run ({mode}, {args.starved} users beside {len(hogs)} busy loops): did not finish "
+                      f"within {err.timeout:.0f} s", flush=True)
+                continue
             print(f"\nstarved run ({mode}, --workers 1 pinned to CPU {last} beside {len(hogs)} busy loops, "
                   f"{args.starved} users): {t['rps']:.1f} req/s, p50 {t['p50'] * 1000:.1f} ms; "
                   f"flagged client-limited: {t['limited']}\n  {t['note']}", flush=True)
