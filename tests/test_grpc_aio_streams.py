@@ -76,16 +76,17 @@ def test_responses_find_their_request_by_id_and_errors_stay_with_theirs(server, 
 
     async def go():
         client = _client(server, transport, streams=2)
-        threads_before = threading.active_count()
+        # Threads started meanwhile, by identity: a count also drops when an earlier test's thread ends.
+        threads_before = set(threading.enumerate())
         try:
             bad = {i for i in range(60) if i % 7 == 3}
             recs = await asyncio.gather(*(_send(client, i, {**QUICK, "max_tokens": "x" if i in bad else 1 + i % 5})
                                           for i in range(60)))
-            threads_during = threading.active_count()
+            new_threads = len(set(threading.enumerate()) - threads_before)
             after = await _send(client, 99, {**QUICK, "max_tokens": 3})  # the streams still work
         finally:
             await client.close()
-        return bad, recs, after, threads_during - threads_before
+        return bad, recs, after, new_threads
 
     bad, recs, after, new_threads = asyncio.run(go())
     for rec in recs:

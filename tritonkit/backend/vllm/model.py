@@ -42,8 +42,7 @@ import triton_python_backend_utils as pb_utils
 from engine_metrics import EngineMetrics
 from engine_process import EngineLog, describe_exit, engine_command, engine_env, kill_group, spawn_reloader
 from request_io import (UNHEALTHY_ERROR, RequestError, build_response, check_lora, complete_config, error_response,
-                        read_options,
-                        read_prompt, read_sampling, refuse, respond_error, triton_error)
+                        read_options, read_prompt, read_sampling, refuse, respond_error, triton_error)
 from response_thread import RequestState, ResponseThread
 from restart_ledger import MAX_RESTARTS, RESTART_WINDOW_S, RestartLedger, over_budget
 
