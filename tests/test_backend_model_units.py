@@ -174,3 +174,15 @@ def test_a_long_request_learns_of_its_cancel_and_a_failed_send_stops_nothing(res
     assert long_one.cancelled and long_one.sender.asked == 3
     assert gone.sender.sent == [("after", 1)]
     assert len(errors) == 1 and "the client is gone" in errors[0]
+
+
+def test_a_lone_request_is_sent_at_once_and_never_overtakes_a_queued_one(response_thread):
+    thread = response_thread.ResponseThread(final_flag=1, log_error=print)
+    slow, lone = RecordingSender(), RecordingSender()
+    slow_state, lone_state = response_thread.RequestState(slow), response_thread.RequestState(lone)
+    thread.send(lone_state, "now", final=False, alone=True)
+    assert lone.sent == [("now", 0)]  # sent on the caller's thread, before send() returned
+    thread.send(slow_state, "queued", final=False)  # others in flight: the thread sends it
+    thread.send(slow_state, "after", final=True, alone=True)  # something still queued: it waits its turn
+    thread.stop()
+    assert slow.sent == [("queued", 0), ("after", 1)]

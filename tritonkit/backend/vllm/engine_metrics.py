@@ -1,7 +1,14 @@
 """The backend's vLLM metrics on Triton's metrics endpoint, named and bucketed as the official
 vLLM backend's (REPORT_CUSTOM_METRICS): registered once per model, fed by the engine's stats.
 Copied beside model.py into the server's backend folder.
+
+Each metric update is a round trip to the Triton process, so they run on a thread of their own:
+on the engine's event loop, a handful per engine step delayed the tokens behind them (a lone
+request's first token sometimes came with its last on a 2-core CPU).
 """
+
+import queue
+import threading
 
 import triton_python_backend_utils as pb_utils
 
@@ -29,6 +36,20 @@ class EngineMetrics:
 
     def __init__(self, families, metrics):
         self.families, self.metrics = families, metrics
+        self.updates = queue.SimpleQueue()  # ("stats", message) or ("running", count); None ends
+        self.thread = threading.Thread(target=self._run, name="tk-metrics", daemon=True)
+        self.thread.start()
+
+    def stop(self):
+        self.updates.put(None)
+        self.thread.join(5.0)
+
+    def _run(self):
+        for kind, value in iter(self.updates.get, None):
+            try:
+                self._set_running(value) if kind == "running" else self._observe(value)
+            except Exception:  # a metric that cannot be updated must not stop the others
+                pass
 
     @classmethod
     def register(cls, model_name, version, max_model_len, logger):
@@ -75,10 +96,16 @@ class EngineMetrics:
         return cls(families, metrics)
 
     def set_running(self, count):
-        self.metrics["running"].set(count)
+        self.updates.put(("running", count))
 
     def observe(self, stats):
-        """One message of the engine's stats (tritonkit.backend.engine's StatLogger)."""
+        """One message of the engine's stats (tritonkit.backend.engine's StatLogger), queued."""
+        self.updates.put(("stats", stats))
+
+    def _set_running(self, count):
+        self.metrics["running"].set(count)
+
+    def _observe(self, stats):
         m = self.metrics
         for key in ("prompt_tokens", "generation_tokens", "cache_queries", "cache_hits"):
             if stats.get(key):

@@ -363,7 +363,7 @@ class TritonPythonModel:
                 raise RuntimeError(msg["error"])
             response = build_response(msg, options, prompt if first and options["prepend_input"] else "")
             first = False
-            self.responses.send(state, response, final=msg["done"])
+            self.responses.send(state, response, final=msg["done"], alone=len(self.pending) <= 1)
             if msg["done"]:
                 return
 
@@ -384,6 +384,8 @@ class TritonPythonModel:
             pass
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.responses.stop()  # what was queued goes out first
+        if self.metrics is not None:
+            self.metrics.stop()  # no update may reach a metric whose family is gone
         if self.engine.poll() is None:
             kill_group(self.engine, signal.SIGTERM)  # the engine shuts vLLM down; its group goes with it
         shutil.rmtree(self.workdir, ignore_errors=True)
