@@ -20,7 +20,6 @@ import re
 import statistics
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 from soak import server_pids  # the server's group and every descendant of it
@@ -121,19 +120,16 @@ class Sampler:
 
 def step_buckets(metrics_url: str | None) -> dict[str, float]:
     """vllm:iteration_tokens_total's cumulative buckets (le -> steps) and its _sum, summed over models."""
-    if not metrics_url:
-        return {}
-    try:
-        text = urllib.request.urlopen(metrics_url, timeout=5).read().decode()
-    except OSError:
-        return {}
+    from tritonkit.perf import server_metrics
+
     got: dict[str, float] = {}
-    for line in text.splitlines():
-        m = re.match(r'vllm:iteration_tokens_total_(bucket|sum)\{([^}]*)\} (\S+)$', line)
-        if m:
-            le = re.search(r'le="([^"]+)"', m.group(2))
-            key = le.group(1) if m.group(1) == "bucket" and le else "sum"
-            got[key] = got.get(key, 0.0) + float(m.group(3))
+    for key, value in (server_metrics.scrape(metrics_url, buckets=True) or {}).items():
+        name, _, labels = key.partition("{")
+        if name == "vllm:iteration_tokens_total_bucket":
+            le = re.search(r'le="([^"]+)"', labels)
+            got[le.group(1)] = got.get(le.group(1), 0.0) + value
+        elif name == "vllm:iteration_tokens_total_sum":
+            got["sum"] = got.get("sum", 0.0) + value
     return got
 
 

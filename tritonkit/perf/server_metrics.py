@@ -17,14 +17,15 @@ _GAUGES = ("pending", "num_requests", "usage_perc", "cache_usage")  # levels, no
 _LINE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)")
 
 
-def parse(text: str) -> dict[str, float]:
-    """Prometheus text -> {'name{labels}': value} for the families we keep (bucket lines dropped)."""
+def parse(text: str, buckets: bool = False) -> dict[str, float]:
+    """Prometheus text -> {'name{labels}': value} for the families we keep (bucket lines dropped
+    unless asked for)."""
     out: dict[str, float] = {}
     for line in text.splitlines():
         if not line or line[0] == "#":
             continue
         m = _LINE.match(line)
-        if not m or not m.group(1).startswith(PREFIXES) or m.group(1).endswith("_bucket"):
+        if not m or not m.group(1).startswith(PREFIXES) or (m.group(1).endswith("_bucket") and not buckets):
             continue
         try:
             out[m.group(1) + (m.group(2) or "")] = float(m.group(3))
@@ -40,13 +41,14 @@ def for_model(metrics: dict[str, float], model: str | None) -> dict[str, float]:
     return {k: v for k, v in metrics.items() if 'model="' not in k or f'model="{model}"' in k}
 
 
-def scrape(url: str | None, model: str | None = None, timeout_s: float = 2.0) -> dict[str, float] | None:
+def scrape(url: str | None, model: str | None = None, timeout_s: float = 2.0,
+           buckets: bool = False) -> dict[str, float] | None:
     """None when there is no metrics URL or nothing answers there (metrics are optional)."""
     if not url:
         return None
     try:
         with urllib.request.urlopen(url, timeout=timeout_s) as resp:
-            return for_model(parse(resp.read().decode("utf-8", "replace")), model)
+            return for_model(parse(resp.read().decode("utf-8", "replace"), buckets), model)
     except (urllib.error.URLError, OSError, ValueError):
         return None
 

@@ -3,8 +3,9 @@
 In the Python backend, response_sender.send() and is_cancelled() each wait for the Triton server
 process to take its turn (a round trip through shared memory; the GIL is released meanwhile).
 On the loop thread, which also reads the engine's outputs and hands it new requests, two of those
-per streamed chunk kept every request waiting: on an H100 only 30-75 of 128 users were inside vLLM,
-the rest queued behind the loop. The official vLLM backend sends from one response thread too.
+per streamed chunk held every request up: moved here, one H100 served 15-26 % more req/s under
+tritonkit's load and 22-39 % more under perf_analyzer's (perf/results/generator-h100-response-thread.log).
+The official vLLM backend sends from one response thread too.
 
 One thread and one FIFO keep each request's responses in order. Cancellation is asked there,
 after a chunk went out, at most every CANCEL_CHECK_S per request: a short request costs no extra
