@@ -47,6 +47,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -60,6 +61,7 @@ sys.path.insert(0, str(HERE))
 from bench_generator import mode_env, pin_group  # noqa: E402
 from server_probe import load_shape, probed  # noqa: E402
 
+WARMUP_S = 2  # tritonkit perf --warmup: seconds of load before it measures
 PROMPT = "the quick brown fox jumps over the lazy dog " * 3
 
 
@@ -123,17 +125,46 @@ def vllm_profile(diff: dict) -> str:
             + ("" if queue is None else f", queue {ms(queue)} ms") + hits + "]")
 
 
+def _run_noting_load(cmd: list[str], env: dict, timeout: float, on_load) -> subprocess.CompletedProcess:
+    """Run tritonkit perf, calling on_load() once, when its first progress line ("[perf] step ...",
+    printed as the load begins) reaches stderr: the starved run's busy neighbours start then, not
+    while Python starts and the tokenizer loads (at a thirteenth of a core that took minutes)."""
+    with tempfile.TemporaryFile("w+") as stdout:
+        proc = subprocess.Popen(cmd, stdout=stdout, stderr=subprocess.PIPE, text=True, env=env)
+        err_lines: list[str] = []
+
+        def read_err() -> None:
+            for line in proc.stderr:
+                if line.startswith("[perf]") and not any(x.startswith("[perf]") for x in err_lines):
+                    on_load()
+                err_lines.append(line)
+
+        reader = threading.Thread(target=read_err, daemon=True)
+        reader.start()
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+        reader.join(5)
+        stdout.seek(0)
+        return subprocess.CompletedProcess(cmd, proc.returncode, stdout.read(), "".join(err_lines))
+
+
 def run_tritonkit(url: str, users: int, seconds: float, workload_args: list[str], cpu: int | None,
-                  workers: str | None, out: Path, streams: str = "aio") -> dict:
+                  workers: str | None, out: Path, streams: str = "aio", on_load=None) -> dict:
     pin = ["taskset", "-c", str(cpu)] if cpu is not None else []
     cmd = [*pin, sys.executable, "-m", "tritonkit", "perf", "--url", url, "--concurrency", str(users),
-           "--duration", str(seconds), "--warmup", "2", "--json", "--out", str(out), *workload_args]
+           "--duration", str(seconds), "--warmup", str(WARMUP_S), "--json", "--out", str(out), *workload_args]
     streams, _, own_workers = streams.partition("@")  # MODE@N: this mode with --workers N
     if own_workers or workers:
         cmd += ["--workers", own_workers or workers]
     cpu0 = _child_cpu()
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds * 4 + 120,
-                          env={**os.environ, "PYTHONPATH": str(HERE.parent), **mode_env(streams)})
+    env = {**os.environ, "PYTHONPATH": str(HERE.parent), **mode_env(streams)}
+    if on_load is None:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds * 4 + 120, env=env)
+    else:
+        proc = _run_noting_load(cmd, env, seconds * 4 + 120, on_load)
     if proc.returncode != 0:
         raise SystemExit(f"tritonkit perf failed: {proc.stderr[-2000:]}")
     step = json.loads(proc.stdout)["steps"][0]
@@ -260,26 +291,43 @@ def table(rows: list, where: str) -> None:
 
 def starved(args, workload_args: list[str], tmp: Path) -> None:
     """A deliberately starved tritonkit run: one worker pinned to one CPU that it shares with
-    --starved-hogs busy loops (a noisy neighbour), in each --streams mode. Each must be flagged
-    client-limited and name CPU starvation."""
+    --starved-hogs busy loops (a noisy neighbour) from the moment its load begins until its warm-up
+    and measured seconds are over, in each --streams mode. Each must be flagged client-limited and
+    name CPU starvation."""
     last = sorted(os.sched_getaffinity(0))[-1]
-    hogs = [subprocess.Popen(["taskset", "-c", str(last), sys.executable, "-c", "while True: pass"])
-            for _ in range(args.starved_hogs)]
-    try:
-        for mode in dict.fromkeys(m.partition("@")[0] for m in args.streams.split(",")):  # always one worker
+    hogs: list[subprocess.Popen] = []
+    timers: list[threading.Timer] = []
+
+    def start_hogs() -> None:
+        hogs.extend(subprocess.Popen(["taskset", "-c", str(last), sys.executable, "-c", "while True: pass"])
+                    for _ in range(args.starved_hogs))
+        timers.append(threading.Timer(WARMUP_S + args.seconds + 1, stop_hogs))  # then let it write its results
+        timers[-1].start()
+
+    def stop_hogs() -> None:
+        while True:
             try:
-                t = run_tritonkit(args.url, args.starved, args.seconds, workload_args, last, "1", tmp / f"starved-{mode}", mode)
-            except subprocess.TimeoutExpired as err:  # starved so hard it never finished: say so, run the next
-                print(f"\nstarved run ({mode}, {args.starved} users beside {len(hogs)} busy loops): did not finish "
-                      f"within {err.timeout:.0f} s", flush=True)
-                continue
-            print(f"\nstarved run ({mode}, --workers 1 pinned to CPU {last} beside {len(hogs)} busy loops, "
-                  f"{args.starved} users): {t['rps']:.1f} req/s, p50 {t['p50'] * 1000:.1f} ms; "
-                  f"flagged client-limited: {t['limited']}\n  {t['note']}", flush=True)
-    finally:
-        for hog in hogs:
+                hog = hogs.pop()
+            except IndexError:
+                return
             hog.kill()
             hog.wait()
+
+    for mode in dict.fromkeys(m.partition("@")[0] for m in args.streams.split(",")):  # always one worker
+        try:
+            t = run_tritonkit(args.url, args.starved, args.seconds, workload_args, last, "1",
+                              tmp / f"starved-{mode}", mode, on_load=start_hogs)
+        except subprocess.TimeoutExpired as err:  # starved so hard it never finished: say so, run the next
+            print(f"\nstarved run ({mode}, {args.starved} users beside {args.starved_hogs} busy loops): did not "
+                  f"finish within {err.timeout:.0f} s", flush=True)
+            continue
+        finally:
+            for timer in timers:
+                timer.cancel()
+            stop_hogs()
+        print(f"\nstarved run ({mode}, --workers 1 pinned to CPU {last} beside {args.starved_hogs} busy loops "
+              f"from its first request, {args.starved} users): {t['rps']:.1f} req/s, p50 {t['p50'] * 1000:.1f} ms; "
+              f"flagged client-limited: {t['limited']}\n  {t['note']}", flush=True)
 
 
 def _pa_libs(pa: str | None = None) -> None:

@@ -2,7 +2,8 @@
 # tritonkit perf vs perf_analyzer 2.41 on the GPU host: one Triton server (llama2-7b random weights,
 # vLLM backend, built by perf/device_run.sh p2), loaded in turn by both generators, closed loop,
 # classification preset (same prompts and sampling for both), 128 and 256 users; then a starved
-# tritonkit run (--workers 1 pinned to one core, 512 users) that must be flagged client-limited.
+# tritonkit run (--workers 1 pinned to one core, 512 users, beside HOGS=12 busy loops started as its load
+# begins: h2 kept its schedule beside 3 or 6) that must be flagged client-limited.
 # vLLM's prefix cache is off unless PREFIX_CACHE=1 (below: why).
 # Prints one table (perf/bench_vs_perf_analyzer.py --url mode) with tritonkit's gRPC transports side by side
 # (MODES, each TRANSPORT[/STREAMS[/CHANNELS]] per worker):
@@ -78,8 +79,8 @@ set -- $PORTS
 echo "triton ready after $(( $(date +%s) - T0 )) s"
 timeout $(( 560 - ($(date +%s) - T0) )) "$PY" perf/bench_vs_perf_analyzer.py --pa "$PA" --url "127.0.0.1:$2" \
   --model "$MODEL" --repository "$WORK/repo" --preset classification --concurrency "${CONCURRENCY-128,256}" \
-  --streams "${MODES:-aio,threads}" --metrics-url "http://127.0.0.1:$3/metrics" \
-  --seconds "${SECONDS_PER_RUN:-10}" --repeat "${REPEAT:-2}" --starved "${STARVED-512}" --starved-hogs "${HOGS:-3}"
+  --streams "${MODES:-h2}" --metrics-url "http://127.0.0.1:$3/metrics" \
+  --seconds "${SECONDS_PER_RUN:-10}" --repeat "${REPEAT:-2}" --starved "${STARVED-512}" --starved-hogs "${HOGS:-12}"
 echo "bench exit $? after $(( $(date +%s) - T0 )) s"
 "$PY" -m tritonkit stop --name gen-vs-pa >/dev/null 2>&1
 cp "$TRITONKIT_HOME"/servers/gen-vs-pa/server.log "$OUT"/triton-server.log 2>/dev/null
