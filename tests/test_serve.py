@@ -125,13 +125,27 @@ def test_stream_gives_exactly_max_tokens(server, protocol):
     assert chunks[0].num_input_tokens and chunks[0].num_input_tokens > 3
 
 
+DECODE_SUMMARY = (r"time to first token \d+ ms, 9 tokens in \d+\.\d\d s, [\d.]+ tokens/s decoding \(8 tokens in the "
+                  r"\d+\.\d\d s from the first to the last\)")
+BURST_SUMMARY = r"time to first token \d+ ms, 9 tokens in \d+\.\d\d s, all in one burst "
+
+
 def test_generate_command_streams_and_summarises(server):
-    proc = run("generate", PROMPT, "--name", server["name"], "--max-tokens", "9", "--ignore-eos", check=True)
-    assert proc.stdout.strip()  # the text
-    summary = proc.stderr.strip().splitlines()[-1]
-    assert re.match(r"time to first token \d+ ms, 9 tokens in \d+\.\d\d s, [\d.]+ tokens/s decoding \(8 tokens in the "
-                    r"\d+\.\d\d s from the first to the last\)", summary), summary
-    assert "note: tiny has RANDOM weights, so its text is gibberish by design" in proc.stderr
+    # On 2 cores, where vLLM's CPU decode keeps both busy, Triton's threads now and then wait out a
+    # whole 9-token generation (~35 ms) for a CPU, and the tokens reach the client at once: traced
+    # 2026-11-27 in 1-2 % of lone requests, the backend's sends on time and the client's kernel
+    # stamps bunched. generate then says "all in one burst", which is true. A server that never
+    # streams says it every time, so one of three calls must show a decode rate.
+    summaries = []
+    for _ in range(3):
+        proc = run("generate", PROMPT, "--name", server["name"], "--max-tokens", "9", "--ignore-eos", check=True)
+        assert proc.stdout.strip()  # the text
+        assert "note: tiny has RANDOM weights, so its text is gibberish by design" in proc.stderr
+        summaries.append(proc.stderr.strip().splitlines()[-1])
+        assert re.match(DECODE_SUMMARY, summaries[-1]) or re.match(BURST_SUMMARY, summaries[-1]), summaries[-1]
+        if re.match(DECODE_SUMMARY, summaries[-1]):
+            return
+    pytest.fail(f"every generate call reported one burst: {summaries}")
 
 
 def test_perf_with_a_preset_finds_the_running_server_by_itself(server, tmp_path):
