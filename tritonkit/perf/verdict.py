@@ -7,11 +7,13 @@ Evidence gathered per step (all cheap, from /proc on Linux):
   - the whole machine's CPU busy share (/proc/stat), to tell "the server took the cores" apart;
   - send lag (intended -> actual send; closed loop: intended = the user's previous answer + think
     time) and how late each worker's event loop woke up (loopwatch), the share of an open-loop
-    schedule started, and for closed loop the users actually inside the server by Little's law on
-    the server's own latency (its metrics) against the users configured -- judged only where that
-    latency covers the whole server (vLLM's own server). Behind Triton, vLLM's latency leaves out
-    Triton's frontend and backend path, so users "outside vLLM" may be inside Triton: reported, not
-    judged.
+    schedule started, and for closed loop the users inside vLLM by Little's law on vLLM's own
+    latency (its metrics) against the users configured: reported, never judged. vLLM's latency
+    starts when its engine takes the request and ends at the last output, so it leaves out the
+    server's front end: behind Triton, Triton's frontend and backend path; in vLLM's own server,
+    the HTTP handling, tokenizing and SSE writes of its one API process. Users "outside vLLM" may
+    be there as well as in the client (on an H100 at 128 users, 29 of them sat outside vLLM's
+    engine while the client kept its schedule, its loop never late and 5 % of a core busy).
 A few late requests (fewer than MIN_LATE) are isolated hiccups: reported in the note, not judged.
 The cause named: the generator's own CPU (a worker's loop is saturated), CPU starvation (it waited
 for a CPU; "machine saturated" when every core was busy), or an event-loop stall (late while
@@ -105,17 +107,17 @@ class MachineClock:
 
 
 def server_latency_s(server_metrics: dict) -> tuple[float | None, bool]:
-    """The server's own mean request latency over the step (vLLM's e2e histogram), and whether it
-    spans the whole server. It does for vLLM's own server; behind Triton (nv_inference_* present)
-    it leaves out Triton's frontend, backend and pipe. Triton's nv_inference_request_duration is no
-    help: for a decoupled model it can end when execute() returns, long before the last response."""
+    """vLLM's own mean request latency over the step (its e2e histogram), and whether it ran behind
+    Triton (nv_inference_* present). Either way it leaves out the server's front end (see the module
+    docstring). Triton's nv_inference_request_duration is no help: for a decoupled model it can end
+    when execute() returns, long before the last response."""
     if not server_metrics:
         return None, False
     behind_triton = any(k.startswith("nv_inference_") for k in server_metrics.get("delta", {}))
     for key, value in server_metrics.get("histogram_means", {}).items():
         if key.startswith("vllm:e2e_request_latency_seconds"):
-            return value, not behind_triton
-    return None, False
+            return value, behind_triton
+    return None, behind_triton
 
 
 def _late_sends(result) -> int | None:
@@ -150,19 +152,15 @@ def judge(result, load, usage: ClientUsage | None) -> None:
             limited = True
             evidence.append(f"{result.send_rate:.1f} of {load.value:g} req/s started")
     else:
-        server_lat, whole_server = server_latency_s(result.server_metrics)
+        server_lat, behind_triton = server_latency_s(result.server_metrics)
         if server_lat is not None and result.rps > 0:
-            inside = result.rps * server_lat  # Little's law on the server's own latency
-            where = "the server" if whole_server else "vLLM"
-            text = (f"{inside:.0f} of {int(load.value)} users inside {where} (Little's law: "
-                    f"{result.rps:.1f} req/s x its own latency {server_lat * 1000:.1f} ms)")
+            inside = result.rps * server_lat  # Little's law on vLLM's own latency
             outside = (result.summaries["e2e"].mean or 0.0) - server_lat  # per request, outside it
-            short = inside < LITTLE_SHORTFALL * load.value and outside > LAG_LIMIT_S and result.ok >= 20
-            if short and whole_server:
-                limited = True
-                evidence.append(text)
-            elif short:  # the rest may wait in Triton's path as well as in the client: not ours to judge
-                remarks.append(text + "; the others are in Triton's path or the client")
+            if inside < LITTLE_SHORTFALL * load.value and outside > LAG_LIMIT_S and result.ok >= 20:
+                front = "Triton's path" if behind_triton else "the server's front end"
+                remarks.append(f"{inside:.0f} of {int(load.value)} users inside vLLM (Little's law: {result.rps:.1f} "
+                               f"req/s x its own latency {server_lat * 1000:.1f} ms); the others are in {front} "
+                               f"or the client")
     use = _usage_text(usage, period)
     more = "".join(f"; {r}" for r in remarks)
     if not limited:
