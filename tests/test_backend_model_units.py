@@ -186,3 +186,34 @@ def test_a_lone_request_is_sent_at_once_and_never_overtakes_a_queued_one(respons
     thread.send(slow_state, "after", final=True, alone=True)  # something still queued: it waits its turn
     thread.stop()
     assert slow.sent == [("queued", 0), ("after", 1)]
+
+
+class FlakyGauge:
+    def __init__(self):
+        self.values = []
+
+    def set(self, value):
+        if value < 0:
+            raise RuntimeError("the server is gone")
+        self.values.append(value)
+
+
+class WarnLog:
+    def __init__(self):
+        self.warnings = []
+
+    def log_warn(self, message):
+        self.warnings.append(message)
+
+
+def test_failed_metric_updates_are_logged_once_and_counted_at_stop(model):
+    engine_metrics = importlib.import_module("engine_metrics")
+    gauge, log = FlakyGauge(), WarnLog()
+    metrics = engine_metrics.EngineMetrics([], {"running": gauge}, log)
+    for count in (1, -1, 2, -1, -1, 3):
+        metrics.set_running(count)
+    metrics.stop()
+    assert gauge.values == [1, 2, 3]  # a failed update stops none after it
+    assert len(log.warnings) == 2, log.warnings
+    assert "a metric update failed (RuntimeError: the server is gone)" in log.warnings[0]
+    assert log.warnings[1] == "[vllm] 3 metric updates failed in all"

@@ -34,8 +34,9 @@ def buckets_1_2_5(limit):
 class EngineMetrics:
     """One model's metric families and their metrics (a family must outlive its metrics)."""
 
-    def __init__(self, families, metrics):
-        self.families, self.metrics = families, metrics
+    def __init__(self, families, metrics, logger=None):
+        self.families, self.metrics, self.logger = families, metrics, logger
+        self.failed = 0  # updates that raised: the first is logged, the count at stop()
         self.updates = queue.SimpleQueue()  # ("stats", message) or ("running", count); None ends
         self.thread = threading.Thread(target=self._run, name="tk-metrics", daemon=True)
         self.thread.start()
@@ -43,13 +44,18 @@ class EngineMetrics:
     def stop(self):
         self.updates.put(None)
         self.thread.join(5.0)
+        if self.failed > 1 and self.logger is not None:
+            self.logger.log_warn(f"[vllm] {self.failed} metric updates failed in all")
 
     def _run(self):
         for kind, value in iter(self.updates.get, None):
             try:
                 self._set_running(value) if kind == "running" else self._observe(value)
-            except Exception:  # a metric that cannot be updated must not stop the others
-                pass
+            except Exception as err:  # a metric that cannot be updated must not stop the others
+                self.failed += 1
+                if self.failed == 1 and self.logger is not None:  # once: an update per engine step could flood the log
+                    self.logger.log_warn(f"[vllm] a metric update failed ({type(err).__name__}: {err}); "
+                                         "the metrics may lag, the count follows at unload")
 
     @classmethod
     def register(cls, model_name, version, max_model_len, logger):
@@ -93,7 +99,7 @@ class EngineMetrics:
                 raise
             logger.log_info("[vllm] Metrics not supported")  # the server runs with --allow-metrics=false
             return None
-        return cls(families, metrics)
+        return cls(families, metrics, logger)
 
     def set_running(self, count):
         self.updates.put(("running", count))
