@@ -317,7 +317,7 @@ def test_client_verdict_names_its_cause():
     verdict.judge(s, Load("rate", 100), use(1.0, 0.1, 0.4))
     assert "event-loop stall" in s.client_note and "p99 send lag 50.0 ms" in s.client_note
     # Closed loop: Little's law on vLLM's own latency (256 users configured, ~126 inside). vLLM's latency
-    # leaves out its own server's front end (HTTP, tokenizing, SSE writes), so with the client on
+    # leaves out its own server's front end (HTTP handling, SSE writes), so with the client on
     # schedule it is reported, not judged (an H100 step was wrongly flagged by it, 2026-11-27).
     vllm = {"histogram_means": {'vllm:e2e_request_latency_seconds{model_name="m"}': 0.38}}
     s = step(0.001, rps=331.0, e2e=0.78, metrics=vllm)

@@ -11,7 +11,7 @@ Evidence gathered per step (all cheap, from /proc on Linux):
     latency (its metrics) against the users configured: reported, never judged. vLLM's latency
     starts when its engine takes the request and ends at the last output, so it leaves out the
     server's front end: behind Triton, Triton's frontend and backend path; in vLLM's own server,
-    the HTTP handling, tokenizing and SSE writes of its one API process. Users "outside vLLM" may
+    the HTTP handling and SSE writes of its one API process. Users "outside vLLM" may
     be there as well as in the client (on an H100 at 128 users, 29 of them sat outside vLLM's
     engine while the client kept its schedule, its loop never late and 5 % of a core busy).
 A few late requests (fewer than MIN_LATE) are isolated hiccups: reported in the note, not judged.
