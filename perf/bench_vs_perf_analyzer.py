@@ -134,8 +134,10 @@ def _run_noting_load(cmd: list[str], env: dict, timeout: float, on_load) -> subp
         err_lines: list[str] = []
 
         def read_err() -> None:
+            loading = False
             for line in proc.stderr:
-                if line.startswith("[perf]") and not any(x.startswith("[perf]") for x in err_lines):
+                if not loading and line.startswith("[perf]"):
+                    loading = True
                     on_load()
                 err_lines.append(line)
 
@@ -161,10 +163,7 @@ def run_tritonkit(url: str, users: int, seconds: float, workload_args: list[str]
         cmd += ["--workers", own_workers or workers]
     cpu0 = _child_cpu()
     env = {**os.environ, "PYTHONPATH": str(HERE.parent), **mode_env(streams)}
-    if on_load is None:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds * 4 + 120, env=env)
-    else:
-        proc = _run_noting_load(cmd, env, seconds * 4 + 120, on_load)
+    proc = _run_noting_load(cmd, env, seconds * 4 + 120, on_load or (lambda: None))
     if proc.returncode != 0:
         raise SystemExit(f"tritonkit perf failed: {proc.stderr[-2000:]}")
     step = json.loads(proc.stdout)["steps"][0]

@@ -22,7 +22,8 @@ import threading
 import time
 from pathlib import Path
 
-from soak import server_pids  # the server's group and every descendant of it
+from soak import server_pids  # the server's group and every descendant of it (soak puts tritonkit on the path)
+from tritonkit.perf import server_metrics
 
 TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 
@@ -84,8 +85,6 @@ class Sampler:
         while not self._stop.is_set():
             self.samples.append((time.perf_counter(), snapshot(self.root)))
             if self.metrics_url:
-                from tritonkit.perf import server_metrics
-
                 m = server_metrics.scrape(self.metrics_url) or {}
                 self.in_backend.append(sum(v for k, v in m.items() if k.startswith("vllm:num_requests_running")))
             self._stop.wait(self.interval_s)
@@ -93,9 +92,10 @@ class Sampler:
     def backend_load(self) -> str:
         """Requests inside the backend while the load was on: the middle 60 % of the samples."""
         n = len(self.in_backend)
-        mid = self.in_backend[int(0.2 * n):int(0.8 * n)]
-        return f"{statistics.fmean(mid):.0f} (p10-p90 {sorted(mid)[len(mid) // 10]:.0f}-{sorted(mid)[9 * len(mid) // 10]:.0f})" \
-            if len(mid) >= 3 else "-"
+        mid = sorted(self.in_backend[int(0.2 * n):int(0.8 * n)])
+        if len(mid) < 3:
+            return "-"
+        return f"{statistics.fmean(mid):.0f} (p10-p90 {mid[len(mid) // 10]:.0f}-{mid[9 * len(mid) // 10]:.0f})"
 
     def __enter__(self) -> "Sampler":
         self._thread.start()
@@ -120,8 +120,6 @@ class Sampler:
 
 def step_buckets(metrics_url: str | None) -> dict[str, float]:
     """vllm:iteration_tokens_total's cumulative buckets (le -> steps) and its _sum, summed over models."""
-    from tritonkit.perf import server_metrics
-
     got: dict[str, float] = {}
     for key, value in (server_metrics.scrape(metrics_url, buckets=True) or {}).items():
         name, _, labels = key.partition("{")
@@ -147,8 +145,6 @@ def steps(before: dict[str, float], after: dict[str, float], seconds: float) -> 
 def settle(metrics_url: str | None, timeout_s: float = 30.0) -> float:
     """Wait until the server holds no request (vLLM's running gauge at 0), so that no run starts
     with its predecessor's tail; seconds waited."""
-    from tritonkit.perf import server_metrics
-
     t0 = time.perf_counter()
     while metrics_url and time.perf_counter() - t0 < timeout_s:
         m = server_metrics.scrape(metrics_url) or {}
@@ -162,8 +158,6 @@ def probed(run, url: str, metrics_url: str | None):
     """run() and, where the server runs on this machine (--url on localhost), where its CPU went
     meanwhile: per thread, in ms per request Triton finished, and Triton's own queue and execute
     times per request (nv_inference_*)."""
-    from tritonkit.perf import server_metrics
-
     waited = settle(metrics_url)
     pid = server_pid(int(url.rsplit(":", 1)[1]))
     before, m0, t0 = snapshot(pid), server_metrics.scrape(metrics_url), time.perf_counter()
