@@ -52,6 +52,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from tritonkit.perf import server_metrics  # noqa: E402
 from tritonkit.runtime.install import find_triton  # noqa: E402
 from tritonkit.runtime.local import LocalServer  # noqa: E402
 from tritonkit.runtime.spec import ServerSpec, free_port  # noqa: E402
@@ -104,7 +105,7 @@ def vllm_profile(diff: dict) -> str:
     delta, means = diff.get("delta", {}), diff.get("histogram_means", {})
 
     def total(family: str) -> float:
-        return sum(v for k, v in delta.items() if k.split("{", 1)[0] == family)
+        return server_metrics.family_total(delta, family)
 
     def mean(family: str) -> float | None:
         got = [v for k, v in means.items() if k.split("{", 1)[0] == family]
@@ -216,7 +217,7 @@ def run_pa(pa: str, url: str, model: str, users: int, seconds: float, data: Path
     cmd = [*pin, pa, "-m", model, "-u", url, "-i", "grpc", "--streaming",
            "--concurrency-range", str(users), "--measurement-interval", str(int(seconds * 1000 / 3)),
            "--input-data", str(data), "--profile-export-file", str(export), "--max-trials", "6", "--stability-percentage", "100"]
-    from tritonkit.perf import server_metrics, verdict
+    from tritonkit.perf import verdict
 
     cpu0 = _child_cpu()
     before = server_metrics.scrape(metrics_url)

@@ -37,6 +37,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tritonkit import buildrecord  # noqa: E402
+from tritonkit.errors import UsageError  # noqa: E402
 from tritonkit.perf import server_metrics  # noqa: E402
 from tritonkit.perf.workload import corpus_prompts, load_tokenizer  # noqa: E402
 from tritonkit.runtime.spec import free_port  # noqa: E402
@@ -78,7 +79,7 @@ def engine_view(before: dict, after: dict) -> tuple[float, float | None, float |
     """Between two scrapes: the requests vLLM finished, its own mean e2e latency over them and the
     share of prompt tokens its prefix cache served (a generator whose prompts hit more gets a faster server)."""
     delta = server_metrics.diff(before, after).get("delta", {})
-    total = lambda family: sum(v for k, v in delta.items() if k.split("{", 1)[0] == family)  # noqa: E731
+    total = lambda family: server_metrics.family_total(delta, family)  # noqa: E731
     count, queried = total("vllm:e2e_request_latency_seconds_count"), total("vllm:prefix_cache_queries_total")
     return (count, total("vllm:e2e_request_latency_seconds_sum") / count if count else None,
             total("vllm:prefix_cache_hits_total") / queried if queried else None)
@@ -143,10 +144,20 @@ def row(users: int, rep: int, a: dict, b: dict) -> str:
             f"{a['failed']} / {b['failed']} |")
 
 
+def user_counts(text: str) -> list[int]:
+    try:
+        counts = [int(u) for u in text.split(",")]
+    except ValueError:
+        counts = []
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: want whole numbers >= 1, comma-separated")
+    return counts
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("-r", "--repository", help="a tritonkit build [default: tiny-llama built for the cpu profile]")
-    ap.add_argument("--users", default="4,16")
+    ap.add_argument("--users", type=user_counts, default="4,16")
     ap.add_argument("--seconds", type=float, default=8.0)
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--input-tokens", type=int, default=100)
@@ -159,7 +170,10 @@ def main() -> None:
         p = tk("build", "tiny-llama", "--gpu", "cpu", "-o", str(repo), "--force")
         if p.returncode != 0:
             sys.exit(f"tritonkit build failed: {p.stderr.strip()[-800:]}")
-    record = buildrecord.load(repo)
+    try:
+        record = buildrecord.load(repo)
+    except UsageError as err:
+        sys.exit(f"bench_vs_vllm_bench: {err}")
     model, tokenizer = record.model_name, record.model.source
     port, name = free_port(), f"vs-vllm-bench-{free_port()}"
     t0 = time.monotonic()
@@ -177,7 +191,7 @@ def main() -> None:
         print("| users | run | req/s tritonkit / vllm bench | ratio | e2e p50 | ratio | TTFT p50 | users inside vLLM | "
               "server CPU per request | client CPU per request | prefix cache hits | failed |\n" + "|---" * 12 + "|",
               flush=True)
-        for users in [int(u) for u in args.users.split(",")]:
+        for users in args.users:
             done = 4 * users  # vLLM's client runs as many requests as tritonkit's last run finished
             for rep in range(1, args.repeat + 1):
                 out = tmp / f"u{users}-r{rep}"
@@ -198,4 +212,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:  # the server is stopped on the way out (main's finally)
+        sys.exit("bench_vs_vllm_bench: interrupted")

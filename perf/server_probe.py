@@ -170,7 +170,7 @@ def probed(run, url: str, metrics_url: str | None):
     after = snapshot(pid)
     delta = server_metrics.diff(m0, server_metrics.scrape_settled(metrics_url))["delta"]
     engine_steps = steps(steps0, step_buckets(metrics_url), seconds)
-    total = lambda family: sum(v for k, v in delta.items() if k.split("{", 1)[0] == family)  # noqa: E731
+    total = lambda family: server_metrics.family_total(delta, family)  # noqa: E731
     done = total("nv_inference_request_success") or 1
     return {**result, "server": (
         f"\n      server: {done:.0f} req, Triton queue {total('nv_inference_queue_duration_us') / done / 1000:.2f} ms/req, "

@@ -257,6 +257,12 @@ def test_server_metrics_diff():
     assert server_metrics.diff(None, after) == {}
 
 
+def test_family_total_sums_label_sets_of_that_family_only():
+    m = server_metrics.parse('vllm:e2e_request_latency_seconds_count{m="a"} 2\nvllm:e2e_request_latency_seconds_count{m="b"} 3\n'
+                             'vllm:e2e_request_latency_seconds_count_extra 7\nvllm:e2e_request_latency_seconds_sum{m="a"} 1\n')
+    assert server_metrics.family_total(m, "vllm:e2e_request_latency_seconds_count") == 5
+    assert server_metrics.family_total(m, "nope") == 0
+
 
 def test_scrape_settled_waits_for_late_counters(monkeypatch):
     # The server counts the last request's tokens a moment after its final response.

@@ -83,6 +83,11 @@ def _family(key: str) -> str:
     return key.split("{", 1)[0]
 
 
+def family_total(metrics: dict[str, float], family: str) -> float:
+    """One metric family summed over its label sets (every model, engine, finish reason...)."""
+    return sum(v for k, v in metrics.items() if _family(k) == family)
+
+
 def diff(before: dict[str, float] | None, after: dict[str, float] | None) -> dict:
     """Change over the step: counters/sums/counts as deltas, gauges as their value after,
     and a mean for every histogram (delta sum / delta count)."""
