@@ -127,6 +127,32 @@ def test_error_trailers_and_resets_fail_what_waits_on_the_stream():
     assert not conn.usable
 
 
+def test_a_stream_opened_on_a_lost_connection_ends_at_once_and_its_request_fails():
+    """A killed server's connection can be lost while a request's connect completes: the stream opened
+    on it then was registered where nothing would end it, and the request waited for its timeout
+    (CI: 10 s, then TimeoutError). Now it ends at once and the request fails as Unreachable."""
+    conn, transport = connection()
+    transport.closed = True  # as the socket does when it is lost, then it tells the connection
+    conn.connection_lost(ConnectionResetError("reset"))
+    written = len(transport.written)
+    stream = Recorder()
+    conn.open_stream(stream, b"")
+    assert isinstance(stream.ended[0], h2.ConnectionGone) and not conn.streams
+    assert len(transport.written) == written
+
+    pool = H2StreamPool("127.0.0.1:8001", parse=None, server_error=None)
+    lost, lost_transport = connection()
+    lost_transport.closed = True
+    lost.connection_lost(None)
+
+    async def connect(i):
+        return lost
+
+    pool._connection = connect
+    with pytest.raises(Unreachable, match="closed the connection"):
+        asyncio.run(asyncio.wait_for(pool.request("r", b"body", lambda chunk: None), 2))
+
+
 @pytest.mark.parametrize("size", [100, 70_000])
 def test_sending_waits_for_window_and_respects_the_frame_size(size):
     conn, transport = connection()

@@ -182,6 +182,8 @@ class H2StreamPool:
         stream = self.streams[slot % self.n_streams]
         if stream is None or not stream.usable:
             stream = await self._stream(slot)
+            if stream.broken is not None:  # it ended as it opened: its connection was lost meanwhile
+                raise stream.broken
         future = asyncio.get_running_loop().create_future()
         stream.pending[request_id] = _Pending(future, observe)
         try:

@@ -130,9 +130,14 @@ class H2Connection:
 
     # -- sending ----------------------------------------------------------------------------------
     def open_stream(self, stream: H2Stream, block: bytes) -> None:
-        """Start a stream with a (small, ready-made) header block; it stays open for sending."""
+        """Start a stream with a (small, ready-made) header block; it stays open for sending. On a
+        connection already lost it ends at once: nothing would ever answer or end it (a request can
+        open one on a connection lost while its connect completed, as a killed server goes)."""
         stream.sid, self.next_sid = self.next_sid, self.next_sid + 2
         stream.send_window = self.peer_initial_window
+        if self.transport.is_closing():
+            stream.on_end(self.closed or ConnectionGone("the connection was already closed"))
+            return
         self.streams[stream.sid] = stream
         self.transport.write(frame(HEADERS, END_HEADERS, stream.sid, block))
 
